@@ -1,0 +1,168 @@
+"""The MAML meta-learner: per-task losses, meta-gradients and the distributed step.
+
+`MetaLearner.compute` is the pure part: a meta-batch in, `(grads, metrics, state)` out,
+nothing assigned. `MetaLearner.apply` is the only place that changes variables. The
+training loop calls one after the other and checks the loss in between, so a
+non-finite meta-loss never reaches the weights.
+
+Distribution: both run under `strategy.run`. Each replica sums the gradients of its
+own tasks, divided by the *global* meta-batch, and an all-reduce (SUM) makes the mean
+over all tasks; with the default strategy that is a single device and a no-op.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tf_rmaml.meta import inner_loop
+from tf_rmaml.models.backbones import FINETUNE_MODES, finetune_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Inner-loop settings (names as in the command line)."""
+
+    inner_steps: int = 5
+    inner_steps_test: int = 10
+    inner_lr: float = 0.01
+    first_order: bool = False
+    finetune: str = "all"
+    finetune_test: str = "all"
+
+    def __post_init__(self):
+        if self.inner_steps < 0 or self.inner_steps_test < 0:
+            raise ValueError(
+                f"--inner_steps ({self.inner_steps}) and --inner_steps_test ({self.inner_steps_test}) must be >= 0."
+            )
+        if not self.inner_lr >= 0:
+            raise ValueError(f"--inner_lr must be >= 0, got {self.inner_lr}.")
+        for name in ("finetune", "finetune_test"):
+            if getattr(self, name) not in FINETUNE_MODES:
+                raise ValueError(f"--{name} must be one of {', '.join(FINETUNE_MODES)}, got {getattr(self, name)!r}.")
+
+
+TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
+
+
+class MetaLearner:
+    """Second-order (or first-order) MAML on a Keras model.
+
+    Args:
+      model: a built Keras model (see `tf_rmaml.models.build_backbone`).
+      config: `MetaConfig`.
+      optimizer: the meta-optimizer (Adam in the paper), created under `strategy`.
+      meta_batch: the global number of tasks per meta-update.
+      strategy: a `tf.distribute.Strategy` (default: the current one).
+      jit_compile: compile the per-replica gradient computation with XLA.
+
+    Example:
+      learner = MetaLearner(model, MetaConfig(inner_steps=5), keras.optimizers.Adam(1e-3), meta_batch=4)
+      grads, metrics, state = learner.compute(batch)   # batch: dict of [4, ...] tensors
+      learner.apply(grads, state)
+    """
+
+    def __init__(self, model, config, optimizer, *, meta_batch, strategy=None, jit_compile=False):
+        self.model, self.config, self.optimizer = model, config, optimizer
+        self.meta_batch = int(meta_batch)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        if self.meta_batch % self.strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"--meta_batch={self.meta_batch} must be a multiple of the number of replicas "
+                f"({self.strategy.num_replicas_in_sync})."
+            )
+        self.mask = finetune_mask(model, config.finetune)
+        self.test_mask = finetune_mask(model, config.finetune_test)
+        self._replica_grads = tf.function(self._replica_grads_fn, jit_compile=jit_compile)
+        self._compute = tf.function(self._compute_fn)
+        self._apply = tf.function(self._apply_fn)
+
+    # ---- the maths of one task -------------------------------------------------
+    def task_loss(self, params, state, task):
+        """Meta-loss of one task: query cross-entropy at the adapted weights.
+
+        Returns `(loss, metrics, new_state)`.
+        """
+        cfg = self.config
+        fast, state, support_losses = inner_loop.adapt(
+            self.model, params, state, task["support_x"], task["support_y"],
+            steps=cfg.inner_steps, lr=cfg.inner_lr, mask=self.mask, first_order=cfg.first_order,
+        )
+        logits, state = inner_loop.forward(self.model, fast, state, task["query_x"])
+        loss = inner_loop.cross_entropy(logits, task["query_y"])
+        metrics = {"meta_loss": loss, "query_acc_after": inner_loop.accuracy(logits, task["query_y"])}
+        if support_losses:
+            metrics["support_loss_before"] = support_losses[0]
+        return loss, metrics, state
+
+    # ---- pure: gradients of a meta-batch --------------------------------------
+    def _replica_grads_fn(self, batch):
+        # The tf.Variables behind the Keras variables: what tapes and stateless_call take.
+        params = [v.value for v in self.model.trainable_variables]
+        state = [v.value for v in self.model.non_trainable_variables]
+        tasks = batch["support_x"].shape[0]
+        grads = [tf.zeros_like(p) for p in params]
+        sums, new_state = {}, [tf.zeros_like(s) for s in state]
+        # Python loop over this replica's tasks: each task is an independent subgraph
+        # (measured faster than tf.vectorized_map), and its tape is freed after use.
+        for t in range(tasks):
+            task = {k: batch[k][t] for k in TASK_KEYS}
+            with tf.GradientTape() as tape:
+                loss, metrics, task_state = self.task_loss(params, state, task)
+                scaled = loss / self.meta_batch
+            task_grads = tape.gradient(scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = [g + tg for g, tg in zip(grads, task_grads)]
+            logits_before, _ = inner_loop.forward(self.model, params, state, task["query_x"])
+            metrics["query_acc_before"] = inner_loop.accuracy(logits_before, task["query_y"])
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + tf.cast(v, tf.float32) / self.meta_batch
+            new_state = [s + ts / self.meta_batch for s, ts in zip(new_state, task_state)]
+        return grads, sums, new_state
+
+    def _compute_fn(self, batch):
+        def replica_fn(local_batch):
+            grads, sums, state = self._replica_grads(local_batch)
+            ctx = tf.distribute.get_replica_context()
+            return (
+                ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads),
+                ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums),
+                ctx.all_reduce(tf.distribute.ReduceOp.SUM, state),
+            )
+
+        grads, sums, state = self.strategy.run(replica_fn, args=(batch,))
+        first = self.strategy.experimental_local_results
+        grads, sums, state = [first(g)[0] for g in grads], {k: first(v)[0] for k, v in sums.items()}, [first(s)[0] for s in state]
+        sums["grad_norm"] = tf.cast(tf.linalg.global_norm(grads), tf.float32)
+        return grads, sums, state
+
+    def compute(self, batch):
+        """Meta-gradients of a meta-batch; changes nothing.
+
+        Args:
+          batch: dict with `support_x` `[meta_batch, ways*shots, H, W, C]`, `support_y`,
+            `query_x`, `query_y` (a distributed dataset element under a strategy).
+
+        Returns:
+          `(grads, metrics, state)`: gradients aligned with
+          `model.trainable_variables` (already averaged over the global meta-batch),
+          a dict of scalar metrics averaged over tasks (`meta_loss`,
+          `query_acc_before`, `query_acc_after`, `support_loss_before`, `grad_norm`),
+          and the tasks' mean BN moving statistics.
+        """
+        return self._compute(batch)
+
+    # ---- side effects ---------------------------------------------------------------
+    def _apply_fn(self, grads, state):
+        def replica_fn(g, s):
+            self.optimizer.apply_gradients(zip(g, self.model.trainable_variables))
+            for var, value in zip(self.model.non_trainable_variables, s):
+                var.assign(value)
+
+        self.strategy.run(replica_fn, args=(grads, state))
+
+    def apply(self, grads, state):
+        """One meta-optimizer step, and stores the BN moving statistics.
+
+        `stateless_call` never assigns the moving statistics; they are stored here on
+        purpose so that `training=False` inference (`--bn_mode=running`) has them.
+        """
+        self._apply(grads, state)
