@@ -71,7 +71,7 @@ def server():
     httpd.hits = collections.Counter()
     httpd.files = {}
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
@@ -278,8 +278,9 @@ def test_cifar_fs_downloads_and_prepares_end_to_end(server, tmp_path, monkeypatc
             np.testing.assert_array_equal(f["fine_labels"], fine)
             np.testing.assert_array_equal(f["coarse_labels"], fine // 5)
             # Channel-major rows became HWC, row-major.
-            np.testing.assert_array_equal(f["images"][:, :, :, 0], np.broadcast_to(fine[:, None, None], (len(fine), 32, 32)))
-            np.testing.assert_array_equal(f["images"][0, :, :, 2], (np.arange(1024) % 251).reshape(32, 32))
+            images = f["images"]
+            np.testing.assert_array_equal(images[:, :, :, 0], np.broadcast_to(fine[:, None, None], (len(fine), 32, 32)))
+            np.testing.assert_array_equal(images[0, :, :, 2], (np.arange(1024) % 251).reshape(32, 32))
 
     assert train.images.shape == (64, 4, 32, 32, 3) and train.images.dtype == np.uint8
     assert train.class_names == cifar_fs.split_class_names("train")

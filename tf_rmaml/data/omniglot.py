@@ -177,11 +177,12 @@ def _group(paths, set_name, source):
     for alphabet, character, path in paths:
         groups.setdefault((alphabet, character), []).append(path)
     if not groups:
+        data_dir = os.path.dirname(os.path.dirname(os.path.abspath(source)))
         raise DataError(
             f"Omniglot source {source} holds no "
             f"images_{set_name}/<Alphabet>/<character>/*.png files. Delete "
             "it and download it again (`rmaml-data download "
-            "--dataset=omniglot --data_dir=...`).")
+            f"--dataset=omniglot --data_dir={data_dir}`).")
     return [(f"{a}/{c}", sorted(groups[(a, c)], key=os.path.basename))
             for a, c in sorted(groups)]
 
@@ -196,8 +197,8 @@ def _read_zip(path, set_name, image_size):
                 if m and not m.group(3).startswith("."):
                     members.append((m.group(1), m.group(2), name))
             groups = _group(members, set_name, path)
-            images = _decode_groups(groups, lambda n: zf.read(n), image_size,
-                                    path, set_name)
+            images = _decode_groups(groups, zf.read, image_size, path,
+                                    set_name)
     except DataError:
         raise
     except _CORRUPT_ERRORS as e:
@@ -345,7 +346,8 @@ def load(data_dir, cache_dir, image_size=DEFAULT_IMAGE_SIZE, download=False):
             zlib.error) as e:
         raise DataError(
             f"Omniglot cache {path} is unreadable ({type(e).__name__}: {e}). "
-            "Delete it; it is rebuilt from the raw data on the next run.") from e
+            "Delete it; it is rebuilt from the raw data on the next run."
+        ) from e
     size = _check_size(image_size)
     if (images.dtype != np.uint8 or images.ndim != 5 or
             images.shape[2:] != (size, size, 1) or

@@ -54,7 +54,7 @@ class SplitData:
     dataset: str
     split: str
     images: np.ndarray
-    class_names: tuple
+    class_names: tuple[str, ...]
 
     def __post_init__(self):
         if (not isinstance(self.images, np.ndarray) or
@@ -171,11 +171,10 @@ def load_split(dataset, split, *, data_dir=None, cache_dir=None,
     size = _resolve_size(dataset, image_size)
     if split not in SPLITS:
         raise DataError(f"split={split!r} is unknown; choose one of {SPLITS}.")
-    if dataset == "omniglot":
-        if omniglot_split not in OMNIGLOT_SPLITS:
-            raise DataError(f"omniglot_split={omniglot_split!r} is unknown; "
-                            f"choose one of {OMNIGLOT_SPLITS}.")
-    elif omniglot_rotations:
+    if omniglot_split not in OMNIGLOT_SPLITS:
+        raise DataError(f"omniglot_split={omniglot_split!r} is unknown; "
+                        f"choose one of {OMNIGLOT_SPLITS}.")
+    if omniglot_rotations and dataset != "omniglot":
         raise DataError(f"omniglot_rotations=True only applies to omniglot, "
                         f"not {dataset}.")
     data_dir, cache_dir = _dirs(data_dir, cache_dir)

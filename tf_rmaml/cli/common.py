@@ -1,0 +1,96 @@
+"""Flags shared by the command lines, and their conversion into a frozen config.
+
+Only modules in `tf_rmaml.cli` read FLAGS; they hand configs to the library.
+"""
+
+import os
+
+import tensorflow as tf
+from absl import flags, logging
+
+from tf_rmaml.config import DATASET_NAMES, DEFAULT_BACKBONES, DataConfig, TrainConfig
+from tf_rmaml.meta.learner import MetaConfig
+from tf_rmaml.models.backbones import BACKBONES, FINETUNE_MODES
+
+FLAGS = flags.FLAGS
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def define_data_flags():
+    flags.DEFINE_enum("dataset", "omniglot", DATASET_NAMES, "Benchmark to meta-learn on.")
+    flags.DEFINE_string("data_dir", None, "Folder with <dataset>/ sub-folders (default: $RMAML_DATA_DIR or ~/.rmaml/data).")
+    flags.DEFINE_string("cache_dir", None, "Where prepared arrays are cached (default: $RMAML_CACHE_DIR or ~/.cache/tf_rmaml).")
+    flags.DEFINE_bool("download", False, "Download missing data from the official sources (checksummed).")
+    flags.DEFINE_integer("image_size", None, "Image side in pixels (default: 28 Omniglot, 32 CIFAR-FS, 84 MiniImageNet).")
+    flags.DEFINE_enum("omniglot_split", "standard", ("standard", "vinyals"),
+                      "standard: train/val on background alphabets, test on evaluation alphabets; vinyals: Vinyals et al. split.")
+    flags.DEFINE_bool("omniglot_rotations", False, "Add 90/180/270-degree rotations as new training classes.")
+
+
+def define_train_flags():
+    define_data_flags()
+    flags.DEFINE_integer("ways", 5, "Classes per task (N).")
+    flags.DEFINE_integer("shots", 1, "Support images per class (K).")
+    flags.DEFINE_integer("queries", 15, "Query images per class.")
+    flags.DEFINE_integer("meta_batch", 4, "Tasks per meta-update.")
+    flags.DEFINE_integer("inner_steps", 5, "Inner-loop SGD steps at meta-training.")
+    flags.DEFINE_integer("inner_steps_test", 10, "Fine-tuning steps at meta-testing.")
+    flags.DEFINE_float("inner_lr", 0.01, "Inner-loop (fine-tuning) learning rate.")
+    flags.DEFINE_float("meta_lr", 1e-3, "Adam learning rate of the meta-update.")
+    flags.DEFINE_integer("max_steps", 1000, "Meta-iterations in total (a resumed run continues to this).")
+    flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the training episodes.")
+    flags.DEFINE_integer("eval_seed", 1234, "Seed of validation/test episodes (keep fixed to compare runs).")
+    flags.DEFINE_string("backbone", None, f"One of {sorted(BACKBONES)} (default: the paper's net for the dataset).")
+    flags.DEFINE_integer("filters", None, "Backbone width (default: the preset's).")
+    flags.DEFINE_bool("first_order", False, "First-order MAML: stop gradients through the inner-loop gradients.")
+    flags.DEFINE_enum("finetune", "all", FINETUNE_MODES, "Which layers adapt in the inner loop at meta-training.")
+    flags.DEFINE_enum("finetune_test", None, FINETUNE_MODES, "Which layers adapt at meta-testing (default: --finetune).")
+    flags.DEFINE_bool("jit_compile", None, "Compile steps with XLA (default: on with a GPU, off on CPU where it measured slower).")
+    flags.DEFINE_integer("eval_every", 500, "Meta-validate every this many steps (0: never).")
+    flags.DEFINE_integer("eval_tasks", 200, "Validation tasks per meta-validation.")
+    flags.DEFINE_integer("checkpoint_every", 200, "Save a checkpoint every this many steps.")
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+    flags.DEFINE_integer("log_every", 20, "Log and write summaries every this many steps.")
+    flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                      "tf.distribute strategy: default (one device), mirrored (all local GPUs), multi_worker (TF_CONFIG).")
+    flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (bitwise-reproducible runs).")
+
+
+def resolve_jit_compile(value):
+    if value is not None:
+        return bool(value)
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def train_config_from_flags():
+    data = DataConfig(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, ways=FLAGS.ways,
+        shots=FLAGS.shots, queries=FLAGS.queries, image_size=FLAGS.image_size,
+        omniglot_split=FLAGS.omniglot_split, omniglot_rotations=FLAGS.omniglot_rotations, download=FLAGS.download,
+    )
+    meta = MetaConfig(
+        inner_steps=FLAGS.inner_steps, inner_steps_test=FLAGS.inner_steps_test, inner_lr=FLAGS.inner_lr,
+        first_order=FLAGS.first_order, finetune=FLAGS.finetune, finetune_test=FLAGS.finetune_test or FLAGS.finetune,
+    )
+    return TrainConfig(
+        data=data, meta=meta, backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
+        meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, max_steps=FLAGS.max_steps, seed=FLAGS.seed,
+        eval_seed=FLAGS.eval_seed, jit_compile=resolve_jit_compile(FLAGS.jit_compile), eval_every=FLAGS.eval_every,
+        eval_tasks=FLAGS.eval_tasks, checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
+        log_every=FLAGS.log_every,
+    )
+
+
+def make_strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task).")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.set_verbosity(logging.INFO)

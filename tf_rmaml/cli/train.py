@@ -1,0 +1,46 @@
+"""rmaml-train: meta-train (or resume) a run.
+
+Example:
+  rmaml-train --flagfile=flags/omniglot_maml_5w1s_cpu.flags --train_dir=runs/omniglot
+Running the same command again resumes from the latest checkpoint in --train_dir.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from tf_rmaml.cli import common
+
+FLAGS = flags.FLAGS
+common.define_train_flags()
+flags.DEFINE_string("train_dir", None, "Directory of the run: config, checkpoints, TensorBoard logs.")
+flags.mark_flag_as_required("train_dir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
+    from tf_rmaml.train import train
+
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        config = common.train_config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    os.makedirs(FLAGS.train_dir, exist_ok=True)
+    FLAGS.append_flags_into_file(os.path.join(FLAGS.train_dir, "flags.txt"))
+    results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
+    if "val" in results:
+        logging.info("Final meta-validation SA: %.2f%% +- %.2f%%", 100 * results["val"]["sa"], 100 * results["val"]["sa_ci95"])
+
+
+def run():
+    common.quiet_tensorflow()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
