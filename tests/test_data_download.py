@@ -18,8 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from tf_rmaml.data import cifar_fs
-from tf_rmaml.data import sources
+from tf_rmaml.data import cifar_fs, sources
 from tf_rmaml.data.download import download
 from tf_rmaml.data.errors import DataError
 

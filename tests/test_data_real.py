@@ -10,9 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tf_rmaml.data import cifar_fs
-from tf_rmaml.data import omniglot
-from tf_rmaml.data import sources
+from tf_rmaml.data import cifar_fs, omniglot, sources
 from tf_rmaml.data.errors import DataError
 
 DATA_DIR = os.environ.get("RMAML_DATA_DIR")

@@ -19,9 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_rmaml.data import miniimagenet
-from tf_rmaml.data import omniglot
-from tf_rmaml.data import sources
+from tf_rmaml.data import miniimagenet, omniglot, sources
 from tf_rmaml.data.download import file_digest
 from tf_rmaml.data.errors import DataError
 

@@ -5,6 +5,7 @@ import json
 import os
 
 from tf_rmaml.data.episodes import EpisodeSpec
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.learner import MetaConfig
 from tf_rmaml.models.backbones import BACKBONES
 
@@ -27,14 +28,14 @@ class DataConfig:
 
     def __post_init__(self):
         if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"Unknown --dataset {self.dataset!r}. Choose one of: {', '.join(DATASET_NAMES)}.")
+            raise ConfigError(f"Unknown --dataset {self.dataset!r}. Choose one of: {', '.join(DATASET_NAMES)}.")
         for name in ("ways", "shots", "queries"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.ways < 2:
-            raise ValueError(f"--ways must be >= 2, got {self.ways}.")
+            raise ConfigError(f"--ways must be >= 2, got {self.ways}.")
         if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"--image_size must be >= 8 (or unset for the dataset default), got {self.image_size}.")
+            raise ConfigError(f"--image_size must be >= 8 (or unset for the dataset default), got {self.image_size}.")
 
     @property
     def spec(self):
@@ -61,17 +62,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
-            raise ValueError(f"Unknown --backbone {self.backbone!r}. Choose one of: {', '.join(sorted(BACKBONES))}.")
+            raise ConfigError(f"Unknown --backbone {self.backbone!r}. Choose one of: {', '.join(sorted(BACKBONES))}.")
         positive = ("meta_batch", "max_steps", "eval_tasks", "checkpoint_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.eval_every < 0:
-            raise ValueError(f"--eval_every must be >= 0 (0 disables meta-validation), got {self.eval_every}.")
+            raise ConfigError(f"--eval_every must be >= 0 (0 disables meta-validation), got {self.eval_every}.")
         if not self.meta_lr > 0:
-            raise ValueError(f"--meta_lr must be > 0, got {self.meta_lr}.")
+            raise ConfigError(f"--meta_lr must be > 0, got {self.meta_lr}.")
         if self.filters is not None and self.filters < 1:
-            raise ValueError(f"--filters must be >= 1, got {self.filters}.")
+            raise ConfigError(f"--filters must be >= 1, got {self.filters}.")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

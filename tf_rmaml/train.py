@@ -18,6 +18,7 @@ from absl import logging
 from tf_rmaml.config import TrainConfig, config_differences
 from tf_rmaml.data import sources
 from tf_rmaml.data.episodes import EpisodeSource
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
 from tf_rmaml.models.backbones import build_backbone
@@ -70,7 +71,7 @@ def _write_config(config, train_dir):
             old = TrainConfig.from_dict(json.load(f))
         diff = config_differences(old, config)
         if diff:
-            raise ValueError(
+            raise ConfigError(
                 f"--train_dir={train_dir} holds a run with a different configuration ({', '.join(diff)}). "
                 "Resume it with the same flags, or start a new run in another --train_dir."
             )

@@ -6,7 +6,7 @@ Only modules in `tf_rmaml.cli` read FLAGS; they hand configs to the library.
 import os
 
 import tensorflow as tf
-from absl import flags, logging
+from absl import app, flags, logging
 
 from tf_rmaml.config import DATASET_NAMES, DEFAULT_BACKBONES, DataConfig, TrainConfig
 from tf_rmaml.meta.learner import MetaConfig
@@ -94,3 +94,21 @@ def make_strategy(name):
 def quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.set_verbosity(logging.INFO)
+
+
+def run_main(main):
+    """`app.run(main)`, with user errors (bad flags, data, paths) as one line and exit code 1.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    from tf_rmaml.errors import USER_ERRORS
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            logging.error("%s", e)
+            raise SystemExit(f"error: {e}")
+
+    quiet_tensorflow()
+    app.run(wrapped)

@@ -13,9 +13,7 @@ MiniImageNet cannot be downloaded: put its files in place (the error says
 where) and run `prepare`.
 """
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from tf_rmaml.data import sources
 from tf_rmaml.data.errors import DataError

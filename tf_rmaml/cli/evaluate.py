@@ -52,8 +52,7 @@ def main(argv):
 
 
 def run():
-    common.quiet_tensorflow()
-    app.run(main)
+    common.run_main(main)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,7 @@ def main(argv):
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
-    try:
-        config = common.train_config_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e))
+    config = common.train_config_from_flags()
     os.makedirs(FLAGS.train_dir, exist_ok=True)
     FLAGS.append_flags_into_file(os.path.join(FLAGS.train_dir, "flags.txt"))
     results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
@@ -38,8 +35,7 @@ def main(argv):
 
 
 def run():
-    common.quiet_tensorflow()
-    app.run(main)
+    common.run_main(main)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import pickle
 import tarfile
 import zlib
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from tf_rmaml.data.download import download as download_file
 from tf_rmaml.data.download import write_npz_atomic

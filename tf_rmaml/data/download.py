@@ -14,8 +14,8 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from tf_rmaml.data.errors import DataError
 

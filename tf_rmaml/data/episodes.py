@@ -15,6 +15,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tf_rmaml.data.errors import DataError
+
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -28,14 +30,14 @@ class EpisodeSpec:
         """Raises ValueError when the split cannot hold such an episode."""
         for name in ("ways", "shots", "queries"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+                raise DataError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.ways > num_classes:
-            raise ValueError(
+            raise DataError(
                 f"--ways={self.ways} is more than the {num_classes} classes of the {split!r} split; "
                 f"use --ways <= {num_classes}."
             )
         if self.shots + self.queries > per_class:
-            raise ValueError(
+            raise DataError(
                 f"--shots={self.shots} plus --queries={self.queries} is more than the {per_class} "
                 f"images per class of the {split!r} split; lower them so shots + queries <= {per_class}."
             )
@@ -75,7 +77,9 @@ def make_episode(images, classes, image_ids, spec):
     `query_y` `[ways*queries]` int32, and `classes` `[ways]` (global class ids).
     """
     idx = tf.stack([tf.repeat(classes[:, None], tf.shape(image_ids)[1], axis=1), image_ids], axis=-1)
-    x = tf.cast(tf.gather_nd(images, idx), tf.float32) / 255.0  # [ways, shots+queries, H, W, ch]
+    # A multiply, not a divide: graph rewriting turns x / 255 into x * (1 / 255), and eager
+    # and graph episodes should agree to the bit.
+    x = tf.cast(tf.gather_nd(images, idx), tf.float32) * (1.0 / 255.0)  # [ways, shots+queries, H, W, ch]
     labels = tf.repeat(tf.range(spec.ways, dtype=tf.int32)[:, None], spec.shots + spec.queries, axis=1)
     image_shape = tf.shape(x)[2:]
 
@@ -109,10 +113,10 @@ class EpisodeSource:
 
     def __init__(self, images, split, spec, seed):
         if split not in SPLIT_IDS:
-            raise ValueError(f"Unknown split {split!r}; use one of {sorted(SPLIT_IDS)}.")
+            raise DataError(f"Unknown split {split!r}; use one of {sorted(SPLIT_IDS)}.")
         images = np.asarray(images)
         if images.ndim != 5 or images.dtype != np.uint8:
-            raise ValueError(
+            raise DataError(
                 f"images must be uint8 [classes, per_class, H, W, C], got {images.dtype} {images.shape}."
             )
         self.num_classes, self.per_class = int(images.shape[0]), int(images.shape[1])

@@ -22,8 +22,8 @@ import os
 import zipfile
 import zlib
 
-from absl import logging
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from tf_rmaml.data.download import write_npz_atomic
@@ -83,7 +83,7 @@ def read_csv(path):
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"Cannot read {path} ({type(e).__name__}: {e}). "
                         f"Replace it with the file from {CSV_SOURCE}.") from e
-    if not rows or any(not f or not l for f, l in rows):
+    if not rows or any(not name or not label for name, label in rows):
         raise DataError(f"{path} has no rows or empty fields. Replace it with "
                         f"the file from {CSV_SOURCE}.")
     return rows

@@ -44,8 +44,8 @@ import re
 import zipfile
 import zlib
 
-from absl import logging
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from tf_rmaml.data.download import download as download_file

@@ -22,9 +22,7 @@ import os
 
 import numpy as np
 
-from tf_rmaml.data import cifar_fs
-from tf_rmaml.data import miniimagenet
-from tf_rmaml.data import omniglot
+from tf_rmaml.data import cifar_fs, miniimagenet, omniglot
 from tf_rmaml.data.errors import DataError
 
 DATASETS = ("omniglot", "cifar_fs", "miniimagenet")

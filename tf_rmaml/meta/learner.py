@@ -14,6 +14,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
 from tf_rmaml.models.backbones import FINETUNE_MODES, finetune_mask
 
@@ -31,14 +32,14 @@ class MetaConfig:
 
     def __post_init__(self):
         if self.inner_steps < 0 or self.inner_steps_test < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"--inner_steps ({self.inner_steps}) and --inner_steps_test ({self.inner_steps_test}) must be >= 0."
             )
         if not self.inner_lr >= 0:
-            raise ValueError(f"--inner_lr must be >= 0, got {self.inner_lr}.")
+            raise ConfigError(f"--inner_lr must be >= 0, got {self.inner_lr}.")
         for name in ("finetune", "finetune_test"):
             if getattr(self, name) not in FINETUNE_MODES:
-                raise ValueError(f"--{name} must be one of {', '.join(FINETUNE_MODES)}, got {getattr(self, name)!r}.")
+                raise ConfigError(f"--{name} must be one of {', '.join(FINETUNE_MODES)}, got {getattr(self, name)!r}.")
 
 
 TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
@@ -66,7 +67,7 @@ class MetaLearner:
         self.meta_batch = int(meta_batch)
         self.strategy = strategy or tf.distribute.get_strategy()
         if self.meta_batch % self.strategy.num_replicas_in_sync:
-            raise ValueError(
+            raise ConfigError(
                 f"--meta_batch={self.meta_batch} must be a multiple of the number of replicas "
                 f"({self.strategy.num_replicas_in_sync})."
             )
@@ -152,12 +153,11 @@ class MetaLearner:
 
     # ---- side effects ---------------------------------------------------------------
     def _apply_fn(self, grads, state):
-        def replica_fn(g, s):
-            self.optimizer.apply_gradients(zip(g, self.model.trainable_variables))
-            for var, value in zip(self.model.non_trainable_variables, s):
-                var.assign(value)
-
-        self.strategy.run(replica_fn, args=(grads, state))
+        # Cross-replica context: the gradients are already all-reduced, so every copy of a
+        # mirrored variable receives the same update.
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        for var, value in zip(self.model.non_trainable_variables, state):
+            var.assign(value)
 
     def apply(self, grads, state):
         """One meta-optimizer step, and stores the BN moving statistics.

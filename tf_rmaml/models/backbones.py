@@ -15,6 +15,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.layers import MaxPool, MetaBatchNorm
 
 
@@ -90,11 +91,11 @@ def build_backbone(name, *, ways, input_shape, filters=None, dtype="float32", se
       model = build_backbone("conv4", ways=5, input_shape=(28, 28, 1), filters=32)
     """
     if name not in BACKBONES:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown backbone {name!r}. Choose one of: {', '.join(sorted(BACKBONES))}."
         )
     if ways < 2:
-        raise ValueError(f"ways must be >= 2, got {ways}.")
+        raise ConfigError(f"ways must be >= 2, got {ways}.")
     make_blocks, default_filters = BACKBONES[name]
     blocks = make_blocks(filters or default_filters)
     rng = np.random.default_rng(seed) if seed is not None else None
@@ -141,8 +142,8 @@ def finetune_mask(model, mode="all"):
     meta-learned in the outer loop.
     """
     if mode not in FINETUNE_MODES:
-        raise ValueError(f"Unknown fine-tune mode {mode!r}. Choose one of: {', '.join(FINETUNE_MODES)}.")
-    blocks = sorted({l.name.split("_")[0] for l in model.layers if l.name.startswith("block")})
+        raise ConfigError(f"Unknown fine-tune mode {mode!r}. Choose one of: {', '.join(FINETUNE_MODES)}.")
+    blocks = sorted({layer.name.split("_")[0] for layer in model.layers if layer.name.startswith("block")})
     keep = {"all": None, "head": ("head",), "last_block": ("head", blocks[-1] + "_")}[mode]
     mask = []
     for layer in model.layers:

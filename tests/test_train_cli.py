@@ -1,0 +1,132 @@
+"""The command lines end to end on real Omniglot: smoke run, exact resume after a kill, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "flags", "smoke.flags")
+needs_data = pytest.mark.skipif(not os.environ.get("RMAML_DATA_DIR"), reason="RMAML_DATA_DIR is not set")
+
+
+def _cli(module, *args, check=True, timeout=600):
+    proc = subprocess.run(
+        [sys.executable, "-m", f"tf_rmaml.cli.{module}", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _variables(train_dir):
+    ckpt = tf.train.latest_checkpoint(os.path.join(train_dir, "checkpoints"))
+    reader = tf.train.load_checkpoint(ckpt)
+    names = sorted(n for n in reader.get_variable_to_shape_map() if "OBJECT_GRAPH" not in n)
+    return {n: reader.get_tensor(n) for n in names}
+
+
+@needs_data
+def test_smoke_train_then_eval(tmp_path):
+    train_dir = str(tmp_path / "run")
+    _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}")
+    assert os.path.exists(os.path.join(train_dir, "config.json"))
+    assert os.path.exists(os.path.join(train_dir, "flags.txt"))
+    assert any(f.startswith("events.") for f in os.listdir(os.path.join(train_dir, "train")))
+    out = str(tmp_path / "eval.json")
+    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=20", f"--output_json={out}")
+    with open(out) as f:
+        result = json.load(f)
+    assert result["num_tasks"] == 20 and result["checkpoint_step"] == 10
+    assert 0.0 <= result["sa"] <= 1.0 and result["sa_ci95"] > 0
+    assert len(result["sa_per_step"]) == 3 + 1
+    # Scalars written for TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(train_dir, "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    for tag in ("meta_loss", "query_acc_before", "query_acc_after", "iterations_per_second"):
+        assert tag in tags, tags
+
+
+@needs_data
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    common = [
+        f"--flagfile={SMOKE}", "--max_steps=30", "--checkpoint_every=1", "--eval_every=0",
+        "--filters=8", "--queries=3", "--log_every=1",
+    ]
+    straight = str(tmp_path / "straight")
+    _cli("train", *common, f"--train_dir={straight}")
+
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tf_rmaml.cli.train", *common, f"--train_dir={killed}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    index = os.path.join(killed, "checkpoints", "checkpoint")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        latest = tf.train.latest_checkpoint(os.path.dirname(index)) if os.path.exists(index) else None
+        if latest and int(latest.rsplit("-", 1)[1]) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped_at = int(tf.train.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
+    assert 5 <= stopped_at < 30
+
+    _cli("train", *common, f"--train_dir={killed}")
+    a, b = _variables(straight), _variables(killed)
+    assert a.keys() == b.keys()
+    assert any("optimizer" in k for k in a), "optimizer state must be checkpointed"
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset=imagenet"], "--dataset"),
+        (["--backbone=resnet99"], "Unknown --backbone 'resnet99'"),
+        (["--ways=1000"], "--ways=1000 is more than"),
+        (["--shots=15", "--queries=10"], "images per class"),
+        (["--inner_steps=-1"], "--inner_steps"),
+        (["--meta_batch=0"], "--meta_batch must be >= 1"),
+    ],
+)
+def test_bad_flags_give_one_clear_error(tmp_path, args, message):
+    proc = _cli("train", f"--flagfile={SMOKE}", f"--train_dir={tmp_path / 'run'}", *args, check=False, timeout=300)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_no_data_and_no_network_says_where_to_put_files(tmp_path):
+    proc = _cli(
+        "train", f"--flagfile={SMOKE}", f"--train_dir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'empty'}",
+        f"--cache_dir={tmp_path / 'cache'}", check=False, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "rmaml-data download" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@needs_data
+def test_resuming_with_other_flags_is_refused(tmp_path):
+    train_dir = str(tmp_path / "run")
+    _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--max_steps=2", "--eval_every=0")
+    proc = _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--inner_lr=0.5", check=False)
+    assert proc.returncode != 0 and "meta.inner_lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_of_empty_train_dir_is_a_clear_error(tmp_path):
+    proc = _cli("evaluate", f"--train_dir={tmp_path}", check=False, timeout=300)
+    assert proc.returncode != 0 and "config.json" in proc.stderr and "Traceback" not in proc.stderr
