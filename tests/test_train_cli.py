@@ -32,20 +32,36 @@ def _variables(train_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
-@needs_data
-def test_smoke_train_then_eval(tmp_path):
-    train_dir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One run of flags/smoke.flags, shared by the tests that only read it."""
+    train_dir = str(tmp_path_factory.mktemp("smoke") / "run")
     _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}")
+    return train_dir
+
+
+@needs_data
+def test_smoke_train_then_eval(smoke_run, tmp_path):
+    train_dir = smoke_run
     assert os.path.exists(os.path.join(train_dir, "config.json"))
     assert os.path.exists(os.path.join(train_dir, "flags.txt"))
     assert any(f.startswith("events.") for f in os.listdir(os.path.join(train_dir, "train")))
     out = str(tmp_path / "eval.json")
-    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=20", f"--output_json={out}")
+    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=20", f"--output_json={out}", "--attack=none")
     with open(out) as f:
         result = json.load(f)
     assert result["num_tasks"] == 20 and result["checkpoint_step"] == 10
     assert 0.0 <= result["sa"] <= 1.0 and result["sa_ci95"] > 0
-    assert len(result["sa_per_step"]) == 3 + 1
+    assert len(result["sa_per_step"]) == 3 + 1 and "ra" not in result
+    # The paper's protocol (PGD after clean fine-tuning), with the masking checks.
+    out_ra = str(tmp_path / "eval_ra.json")
+    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=4", f"--output_json={out_ra}", "--attack_at=last",
+         "--eps_255=10", "--attack_steps=3", "--eps_list=0.02")
+    with open(out_ra) as f:
+        robust = json.load(f)
+    assert robust["ra"] <= robust["sa"] and robust["attack"]["eps_255"] == pytest.approx(10.0)
+    assert robust["checks"]["ra_at_eps0_equals_sa"]["passed"]
+    assert [p["eps"] for p in robust["ra_vs_eps"]] == sorted(p["eps"] for p in robust["ra_vs_eps"])
     # Scalars written for TensorBoard.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -125,6 +141,17 @@ def test_resuming_with_other_flags_is_refused(tmp_path):
     _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--max_steps=2", "--eval_every=0")
     proc = _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--inner_lr=0.5", check=False)
     assert proc.returncode != 0 and "meta.inner_lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--eps=2"], "--eps must be in [0, 1]"), (["--attack=cw"], "--attack"), (["--eps_list=0.1,abc"], "'abc' is not a number"),
+     (["--attack_steps=-1"], "--attack_steps must be >= 1")],
+)
+def test_bad_eval_flags_give_one_clear_error(smoke_run, args, message):
+    proc = _cli("evaluate", f"--train_dir={smoke_run}", "--num_tasks=2", *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_eval_of_empty_train_dir_is_a_clear_error(tmp_path):

@@ -7,6 +7,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from tf_rmaml.attacks.checks import check_attacks, run_checks
 from tf_rmaml.config import TrainConfig
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.models.backbones import finetune_mask
@@ -33,11 +34,21 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 
 
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
-                 eval_seed=None, data_dir=None, cache_dir=None, jit_compile=False):
-    """Standard accuracy (SA) of a run on `num_tasks` fixed episodes of `split`.
+                 eval_seed=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(),
+                 attack_at="all", bn_mode="batch", checks=True):
+    """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
+
+    Args:
+      attack: an `AttackConfig` (None or name "none": SA only).
+      eps_list: other radii for the RA-vs-eps curve (same attack, after the last step).
+      attack_at: "all" (RA after every fine-tuning step) or "last".
+      bn_mode: "batch" (batch statistics, the paper's protocol) or "running".
+      checks: run the gradient-masking checks (see `tf_rmaml.attacks.checks`).
 
     Returns a JSON-ready dict with `sa`, `sa_ci95`, `num_tasks`, `checkpoint_step`,
-    per-step accuracies and the evaluation settings.
+    per-step accuracies, the evaluation settings and, with an attack, `ra`, `ra_ci95`,
+    `ra_on_clean_correct`, the attack's description, `ra_vs_eps`, `checks` and
+    `masking_suspected`.
     """
     config = TrainConfig.load(train_dir)
     overrides = {k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir}.items() if v is not None}
@@ -47,9 +58,20 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     source = load_episodes(config, split, seed)
     model, config, step, path = restore_model(train_dir, checkpoint, config, source.image_shape)
     steps = config.meta.inner_steps_test if inner_steps_test is None else inner_steps_test
+    attacks, names = [], []
+    if attack is not None and attack.name != "none":
+        attacks.append(attack)
+        names.append("main")
+        extra = check_attacks(attack) if checks else {}
+        for name, cfg in extra.items():
+            attacks.append(cfg)
+            names.append(name)
+        for e in eps_list:
+            attacks.append(dataclasses.replace(attack, eps=float(e)))
+            names.append(f"eps={float(e)}")
     evaluator = FineTuneEvaluator(
         model, steps=steps, lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test),
-        jit_compile=jit_compile,
+        attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
     )
     start = time.perf_counter()
 
@@ -62,7 +84,25 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     results.update(
         checkpoint_step=step, checkpoint=path, split=split, eval_seed=seed, dataset=config.data.dataset,
         ways=config.data.ways, shots=config.data.shots, queries=config.data.queries, inner_steps_test=steps,
-        inner_lr=config.meta.inner_lr, finetune_test=config.meta.finetune_test, bn_mode="batch",
+        inner_lr=config.meta.inner_lr, finetune_test=config.meta.finetune_test, bn_mode=bn_mode,
         seconds=time.perf_counter() - start,
     )
+    if attacks:
+        by_name = dict(zip(names, results.pop("attacks")))
+        results["ra_vs_eps"] = sorted(
+            [{"eps": e["eps"], "eps_255": e["eps_255"], "ra": e["ra"], "ra_ci95": e["ra_ci95"]}
+             for n, e in by_name.items() if n == "main" or n.startswith("eps=")],
+            key=lambda r: r["eps"],
+        )
+        if checks:
+            checks_ra = {n: by_name[n]["ra"] for n in ("eps0", "noise", "stronger") if n in by_name}
+            curve = [(e["eps"], e["ra"]) for n, e in by_name.items() if n.startswith("eps=")]
+            tolerance = max(0.005, results["ra_ci95"])
+            results["checks"], results["masking_suspected"] = run_checks(
+                results["sa"], results["ra"], attack.eps, checks_ra, curve, tolerance)
+            results["check_attacks"] = {n: by_name[n] for n in checks_ra}
+            for name, check in results["checks"].items():
+                if not check["passed"]:
+                    logging.warning("Robustness check failed (%s): %s. Gradient masking or a weak attack "
+                                    "is suspected; do not trust this RA.", name, check["detail"])
     return results

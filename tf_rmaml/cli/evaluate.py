@@ -11,7 +11,9 @@ import os
 
 from absl import app, flags, logging
 
+from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
 from tf_rmaml.cli import common
+from tf_rmaml.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory of a run made by rmaml-train.")
@@ -24,20 +26,60 @@ flags.DEFINE_integer("eval_seed", None, "Override the run's episode seed for eva
 flags.DEFINE_string("data_dir", None, "Override the run's data folder.")
 flags.DEFINE_string("cache_dir", None, "Override the run's cache folder.")
 flags.DEFINE_bool("jit_compile", None, "Compile with XLA (default: on with a GPU).")
+flags.DEFINE_enum("attack", "pgd", ATTACKS, "Attack on the query set after clean fine-tuning "
+                  "(strong: worst case over PGD with restarts, APGD-CE and APGD-DLR).")
+flags.DEFINE_float("eps", None, "L-inf radius in [0, 1] pixel units (default: 10/255 Omniglot, 8/255 CIFAR-FS, 2/255 MiniImageNet).")
+flags.DEFINE_float("eps_255", None, "The radius in 1/255 units (alternative to --eps).")
+flags.DEFINE_integer("attack_steps", 10, "Attack iterations.")
+flags.DEFINE_float("attack_step_size", 2 / 255, "Attack step size in pixel units (the paper: 2/255).")
+flags.DEFINE_integer("attack_restarts", 1, "Random restarts; a query counts as robust only if it survives all.")
+flags.DEFINE_list("eps_list", [], "Comma list of radii (pixel units) for the RA-vs-eps curve.")
+flags.DEFINE_enum("bn_mode", "batch", ("batch", "running"),
+                  "batch: statistics of the evaluated batch (the paper's code); running: stored statistics.")
+flags.DEFINE_enum("attack_at", "all", ("all", "last"), "Measure RA after every fine-tuning step, or only the last.")
+flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
 flags.mark_flag_as_required("train_dir")
+
+DEFAULT_EPS_255 = {"omniglot": 10.0, "cifar_fs": 8.0, "miniimagenet": 2.0}
+
+
+def attack_from_flags(dataset):
+    if FLAGS.eps is not None and FLAGS.eps_255 is not None:
+        raise ConfigError("Give --eps or --eps_255, not both.")
+    if FLAGS.eps_255 is not None:
+        eps = FLAGS.eps_255 / 255
+    elif FLAGS.eps is not None:
+        eps = FLAGS.eps
+    else:
+        eps = DEFAULT_EPS_255[dataset] / 255
+    eps_list = []
+    for item in FLAGS.eps_list:
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"--eps_list must be numbers in [0, 1] separated by commas; {item!r} is not a number.")
+        if not 0 <= value <= 1:
+            raise ConfigError(f"--eps_list values must be in [0, 1] (pixel units), got {value}.")
+        eps_list.append(value)
+    attack = AttackConfig(FLAGS.attack, eps=eps, steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
+                          restarts=FLAGS.attack_restarts)
+    return attack, eps_list
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from tf_rmaml.config import TrainConfig
     from tf_rmaml.evaluate import evaluate_run
 
     if FLAGS.num_tasks < 1:
-        raise app.UsageError(f"--num_tasks must be >= 1, got {FLAGS.num_tasks}.")
+        raise ConfigError(f"--num_tasks must be >= 1, got {FLAGS.num_tasks}.")
+    attack, eps_list = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
     results = evaluate_run(
         FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
         inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, data_dir=FLAGS.data_dir,
-        cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile),
+        cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
+        eps_list=eps_list, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
     )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -49,6 +91,14 @@ def main(argv):
         "SA %.2f%% +- %.2f%% over %d %s tasks (checkpoint step %d) -> %s",
         100 * results["sa"], 100 * results["sa_ci95"], results["num_tasks"], FLAGS.split, results["checkpoint_step"], out,
     )
+    if "ra" in results:
+        a = results["attack"]
+        logging.info(
+            "RA %.2f%% +- %.2f%% under %s eps=%.4f (%.1f/255), %d steps of %.4f, %d restart(s), %d tasks, bn_mode=%s%s",
+            100 * results["ra"], 100 * results["ra_ci95"], a["attack"], a["eps"], a["eps_255"], a["steps"],
+            a["step_size"], a["restarts"], results["num_tasks"], results["bn_mode"],
+            "  [MASKING SUSPECTED: see checks]" if results.get("masking_suspected") else "",
+        )
 
 
 def run():

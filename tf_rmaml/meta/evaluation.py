@@ -5,6 +5,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from tf_rmaml.attacks.evaluation import robust_correct
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
 
 
@@ -26,62 +28,125 @@ def mean_ci95(values):
 
 
 class FineTuneEvaluator:
-    """Clean fine-tuning on the support set and query accuracy after every step.
+    """Clean fine-tuning on the support set; query accuracy (and robust accuracy) per step.
 
     First-order inner gradients (nothing differentiates through meta-testing).
-    Batch-norm uses the statistics of the batch it sees, as in training and in the
-    paper's code: support batches for fine-tuning, the query batch for prediction.
+    With `bn_mode="batch"` (default, as in training and in the paper's code) batch norm uses
+    the statistics of the batch it sees: support batches for fine-tuning, the (clean or
+    perturbed) query batch for prediction. `bn_mode="running"` uses the stored moving
+    statistics everywhere (no transduction).
 
     Args:
       model: the meta-model (its current variables are the meta-weights).
       steps: fine-tuning steps (`--inner_steps_test`).
       lr: fine-tuning learning rate (`--inner_lr`).
       mask: fine-tune mask (see `finetune_mask`).
+      attacks: `AttackConfig`s to measure robust accuracy with; the first is the headline RA.
+      attack_at: "all" runs the first attack after every fine-tuning step (and before the
+        first), "last" only after the last one; the other attacks always run after the last.
+      bn_mode: "batch" or "running".
+      seed: integer seed of the attacks' random starts (task `i` uses fold_in(seed, i)).
       jit_compile: compile the per-task function with XLA.
     """
 
-    def __init__(self, model, *, steps, lr, mask, jit_compile=False):
+    def __init__(self, model, *, steps, lr, mask, attacks=(), attack_at="all", bn_mode="batch", seed=0,
+                 jit_compile=False):
+        if bn_mode not in ("batch", "running"):
+            raise ConfigError(f"--bn_mode must be batch or running, got {bn_mode!r}.")
+        if attack_at not in ("all", "last"):
+            raise ConfigError(f"attack_at must be all or last, got {attack_at!r}.")
         self.model, self.steps, self.lr, self.mask = model, int(steps), float(lr), tuple(mask)
+        self.attacks, self.attack_at, self.bn_mode = tuple(attacks), attack_at, bn_mode
+        self.seed = int(seed)
         self._task_fn = tf.function(self._task, jit_compile=jit_compile)
 
-    def _task(self, support_x, support_y, query_x, query_y):
+    def _task(self, support_x, support_y, query_x, query_y, index):
+        training = self.bn_mode == "batch"
         params = [v.value for v in self.model.trainable_variables]
         state = [v.value for v in self.model.non_trainable_variables]
-        logits, _ = inner_loop.forward(self.model, params, state, query_x)
-        accs = [inner_loop.accuracy(logits, query_y)]
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 77], tf.int64), index)
+        query_y = tf.cast(query_y, tf.int32)
+        clean, robust = [], [[] for _ in self.attacks]
         fast = params
         # Unrolled: `steps` is small and the per-step accuracies are all wanted.
-        for _ in range(self.steps):
-            fast, state, _ = inner_loop.adapt(
-                self.model, fast, state, support_x, support_y, steps=1, lr=self.lr, mask=self.mask, first_order=True
-            )
-            logits, _ = inner_loop.forward(self.model, fast, state, query_x)
-            accs.append(inner_loop.accuracy(logits, query_y))
-        return tf.stack(accs)
+        for step in range(self.steps + 1):
+            if step > 0:
+                fast, state, _ = inner_loop.adapt(
+                    self.model, fast, state, support_x, support_y, steps=1, lr=self.lr, mask=self.mask,
+                    first_order=True, training=training,
+                )
 
-    def task_accuracies(self, task):
+            def logits_fn(x, fast=fast, state=state):
+                return inner_loop.forward(self.model, fast, state, x, training=training)[0]
+
+            clean_correct = tf.equal(tf.argmax(logits_fn(query_x), -1, output_type=tf.int32), query_y)
+            clean.append(clean_correct)
+            for k, attack in enumerate(self.attacks):
+                # Only the headline attack (k == 0) runs at every step; the others at the last.
+                if step == self.steps or (k == 0 and self.attack_at == "all"):
+                    robust[k].append(robust_correct(logits_fn, query_x, query_y, attack, seed))
+                else:
+                    robust[k].append(tf.zeros_like(clean_correct))
+        clean = tf.stack(clean)  # [steps + 1, queries]
+        robust = tf.stack([tf.stack(r) for r in robust]) if self.attacks else tf.zeros([0, self.steps + 1, 1], tf.bool)
+        return clean, robust
+
+    def task_accuracies(self, task, index=0):
         """`[steps + 1]` query accuracies: before fine-tuning, then after each step."""
-        return self._task_fn(task["support_x"], task["support_y"], task["query_x"], task["query_y"])
+        clean, _ = self._task_fn(task["support_x"], task["support_y"], task["query_x"], task["query_y"],
+                                 tf.constant(index, tf.int64))
+        return tf.reduce_mean(tf.cast(clean, tf.float32), axis=-1)
 
     def evaluate(self, episodes, progress=None):
         """Evaluates every task of an iterable of single-task dicts.
 
         Returns a dict: `sa` and `sa_ci95` after the last step, `sa_per_step` and
-        `sa_ci95_per_step` (lists of steps + 1), and `num_tasks`.
+        `sa_ci95_per_step` (lists of steps + 1), `num_tasks`; with attacks also `ra`,
+        `ra_ci95`, `ra_per_step`, `ra_ci95_per_step`, `ra_on_clean_correct` (of the first
+        attack) and `attacks` (one entry per attack, with its description and numbers).
+        RA counts a query as robust only if it is correct clean and under every run of the attack.
         """
-        per_task = []
-        for task in episodes:
-            per_task.append(self.task_accuracies(task).numpy())
+        sa, ra, clean_last, robust_last = [], [], [], []
+        for index, task in enumerate(episodes):
+            clean, robust = self._task_fn(task["support_x"], task["support_y"], task["query_x"], task["query_y"],
+                                          tf.constant(index, tf.int64))
+            clean, robust = clean.numpy(), robust.numpy()
+            sa.append(clean.mean(-1))
+            ra.append(robust.mean(-1))  # [attacks, steps + 1]
+            clean_last.append(clean[-1].sum())
+            robust_last.append(robust[:, -1].sum(-1))
             if progress is not None:
-                progress(len(per_task))
-        if not per_task:
+                progress(len(sa))
+        if not sa:
             raise ValueError("No tasks to evaluate.")
-        acc = np.stack(per_task)  # [tasks, steps + 1]
-        stats = [mean_ci95(acc[:, k]) for k in range(acc.shape[1])]
-        return {
+        sa, ra = np.stack(sa), np.stack(ra)  # [tasks, steps + 1], [tasks, attacks, steps + 1]
+        stats = [mean_ci95(sa[:, k]) for k in range(sa.shape[1])]
+        out = {
             "sa": stats[-1][0],
             "sa_ci95": stats[-1][1],
             "sa_per_step": [s[0] for s in stats],
             "sa_ci95_per_step": [s[1] for s in stats],
-            "num_tasks": int(acc.shape[0]),
+            "num_tasks": int(sa.shape[0]),
+            "bn_mode": self.bn_mode,
         }
+        if not self.attacks:
+            return out
+        clean_total = float(np.sum(clean_last))
+        entries = []
+        for k, attack in enumerate(self.attacks):
+            every = k == 0 and self.attack_at == "all"
+            steps_attacked = list(range(self.steps + 1)) if every else [self.steps]
+            per_step = {s: mean_ci95(ra[:, k, s]) for s in steps_attacked}
+            entries.append({
+                **attack.describe(),
+                "ra": per_step[self.steps][0],
+                "ra_ci95": per_step[self.steps][1],
+                "ra_per_step": [per_step[s][0] if s in per_step else None for s in range(self.steps + 1)],
+                "ra_ci95_per_step": [per_step[s][1] if s in per_step else None for s in range(self.steps + 1)],
+                "ra_on_clean_correct": float(np.sum(np.stack(robust_last)[:, k]) / clean_total) if clean_total else 0.0,
+            })
+        head = entries[0]
+        out.update({k: head[k] for k in ("ra", "ra_ci95", "ra_per_step", "ra_ci95_per_step", "ra_on_clean_correct")})
+        out["attack"] = {k: v for k, v in head.items() if not k.startswith("ra")}
+        out["attacks"] = entries
+        return out

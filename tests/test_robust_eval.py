@@ -1,0 +1,73 @@
+"""Robust evaluation: RA counted per example over all runs, checks, flag validation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_rmaml.attacks.checks import check_attacks, run_checks
+from tf_rmaml.attacks.evaluation import AttackConfig
+from tf_rmaml.errors import ConfigError
+from tf_rmaml.meta.evaluation import FineTuneEvaluator
+from tf_rmaml.models.backbones import build_backbone, finetune_mask
+
+
+def _tasks(n=3):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        yield {
+            "support_x": tf.constant(rng.uniform(size=(5, 16, 16, 1)), tf.float32),
+            "support_y": tf.range(5),
+            "query_x": tf.constant(rng.uniform(size=(10, 16, 16, 1)), tf.float32),
+            "query_y": tf.repeat(tf.range(5), 2),
+        }
+
+
+def test_ra_at_zero_eps_is_sa_and_ra_never_exceeds_sa():
+    model = build_backbone("conv4", ways=5, input_shape=(16, 16, 1), filters=4, seed=0)
+    pgd = AttackConfig("pgd", eps=8 / 255, steps=3, step_size=2 / 255)
+    attacks = [pgd, AttackConfig("pgd", eps=0.0, steps=3), AttackConfig("noise", eps=8 / 255, restarts=2)]
+    evaluator = FineTuneEvaluator(model, steps=2, lr=0.1, mask=finetune_mask(model), attacks=attacks, attack_at="all")
+    out = evaluator.evaluate(_tasks())
+    assert out["num_tasks"] == 3 and len(out["ra_per_step"]) == 3
+    by_eps0 = out["attacks"][1]
+    assert by_eps0["ra"] == pytest.approx(out["sa"], abs=1e-12)
+    for sa, ra in zip(out["sa_per_step"], out["ra_per_step"]):
+        assert ra <= sa + 1e-12
+    # Only the first attack runs at every step.
+    assert out["attacks"][2]["ra_per_step"][:2] == [None, None]
+    assert out["attack"]["eps_255"] == pytest.approx(8.0)
+
+
+def test_running_bn_mode_differs_from_batch_mode():
+    model = build_backbone("conv4", ways=5, input_shape=(16, 16, 1), filters=4, seed=0)
+    batch = FineTuneEvaluator(model, steps=1, lr=0.1, mask=finetune_mask(model)).evaluate(_tasks())
+    running = FineTuneEvaluator(model, steps=1, lr=0.1, mask=finetune_mask(model), bn_mode="running").evaluate(_tasks())
+    assert batch["bn_mode"] == "batch" and running["bn_mode"] == "running"
+    assert batch["sa_per_step"] != running["sa_per_step"]
+
+
+def test_checks_flag_masking():
+    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.28}, [(0.02, 0.5), (0.08, 0.1)], 0.01)
+    assert not suspected and all(c["passed"] for c in ok.values())
+    bad, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.8, "noise": 0.2, "stronger": 0.4}, [(0.08, 0.5)], 0.01)
+    assert suspected
+    assert not any(c["passed"] for c in bad.values())
+    assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger"}
+    assert check_attacks(AttackConfig("none")) == {}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"eps": 1.5}, "--eps must be in"), ({"steps": -1}, "--attack_steps"), ({"name": "cw"}, "Unknown --attack"),
+     ({"restarts": 0}, "--attack_restarts")],
+)
+def test_bad_attack_settings_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        AttackConfig(**kwargs)
+
+
+def test_strong_is_a_superset_of_pgd_runs():
+    runs = AttackConfig("strong", steps=10, restarts=1).runs()
+    kinds = {(k, loss) for k, loss, _, _ in runs}
+    assert ("pgd", "ce") in kinds and ("apgd", "ce") in kinds and ("apgd", "dlr") in kinds
+    assert sum(k == "pgd" for k, *_ in runs) >= 5

@@ -1,0 +1,98 @@
+"""Robust accuracy of a batch under an attack specification, counted honestly.
+
+An example is robust only if it is classified correctly under *every* attack run of the
+specification (each restart of each loss, each run scored on its own perturbed batch): the
+per-example worst case over runs, never a merged batch that could re-normalise its way back to
+a correct answer under batch-statistics batch norm.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tf_rmaml.attacks import core
+from tf_rmaml.errors import ConfigError
+
+ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd", "apgd_ce", "apgd_dlr", "strong", "noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """What `--attack` and its flags describe. Radii are in [0, 1] pixel units.
+
+    `strong` is the worst case over PGD (with `restarts`, and at least 5 of them, and at least
+    twice the steps), APGD-CE and APGD-DLR (100 steps each at least).
+    `noise` is uniform random noise in the ball (a gradient-masking check, not an attack).
+    """
+
+    name: str = "pgd"
+    eps: float = 10 / 255
+    steps: int = 10
+    step_size: float = 2 / 255
+    restarts: int = 1
+    norm: str = "linf"
+
+    def __post_init__(self):
+        if self.name not in ATTACKS:
+            raise ConfigError(f"Unknown --attack {self.name!r}. Choose one of: {', '.join(ATTACKS)}.")
+        if not 0.0 <= self.eps <= 1.0:
+            raise ConfigError(f"--eps must be in [0, 1] (pixel units; use --eps_255 for 1/255 units), got {self.eps}.")
+        if self.steps < 1:
+            raise ConfigError(f"--attack_steps must be >= 1, got {self.steps}.")
+        if self.restarts < 1:
+            raise ConfigError(f"--attack_restarts must be >= 1, got {self.restarts}.")
+        if not self.step_size > 0:
+            raise ConfigError(f"--attack_step_size must be > 0, got {self.step_size}.")
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"--attack_norm must be linf or l2, got {self.norm!r}.")
+
+    def runs(self):
+        """The list of (kind, loss, steps, restart index) runs this attack consists of."""
+        if self.name == "none":
+            return []
+        if self.name in ("fgsm", "fgsm_rs", "noise"):
+            return [(self.name, "ce", 1, r) for r in range(self.restarts)]
+        if self.name == "pgd":
+            return [("pgd", "ce", self.steps, r) for r in range(self.restarts)]
+        if self.name in ("apgd_ce", "apgd_dlr"):
+            return [("apgd", self.name[5:], self.steps, r) for r in range(self.restarts)]
+        pgd_steps, apgd_steps = max(2 * self.steps, 20), max(self.steps, 100)
+        return (
+            [("pgd", "ce", pgd_steps, r) for r in range(max(self.restarts, 5))]
+            + [("apgd", "ce", apgd_steps, 0), ("apgd", "dlr", apgd_steps, 0)]
+        )
+
+    def describe(self):
+        return {
+            "attack": self.name, "eps": self.eps, "eps_255": self.eps * 255, "steps": self.steps,
+            "step_size": self.step_size, "restarts": self.restarts, "norm": self.norm,
+            "runs": [f"{k}-{loss}-{s}steps-restart{r}" for k, loss, s, r in self.runs()],
+        }
+
+
+def perturb(logits_fn, x, y, config, run, seed):
+    """The perturbed batch of one run of an `AttackConfig`."""
+    kind, loss, steps, restart = run
+    seed = tf.random.experimental.stateless_fold_in(seed, restart)
+    eps = config.eps
+    if kind == "noise":
+        return core.random_start(x, eps, seed, config.norm)
+    if kind == "fgsm":
+        return core.fgsm(logits_fn, x, y, eps, loss=loss)
+    if kind == "fgsm_rs":
+        return core.fgsm_rs(logits_fn, x, y, eps, seed=seed, loss=loss)
+    if kind == "pgd":
+        return core.pgd(logits_fn, x, y, eps, steps=steps, step_size=config.step_size, seed=seed,
+                        norm=config.norm, loss=loss)
+    return core.apgd(logits_fn, x, y, eps, steps=steps, seed=seed, loss=loss)
+
+
+def robust_correct(logits_fn, x, y, config, seed):
+    """`[B]` bool: correct on the clean batch and under every run of `config`."""
+    y = tf.cast(y, tf.int32)
+    correct = tf.equal(tf.argmax(logits_fn(x), -1, output_type=tf.int32), y)
+    # No shortcut at eps = 0: the attack runs, and "RA(0) == SA" checks the machinery.
+    for run in config.runs():
+        x_adv = perturb(logits_fn, x, y, config, run, seed)
+        correct = tf.logical_and(correct, tf.equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), y))
+    return correct
