@@ -169,15 +169,10 @@ def download(url, dest_path, *, md5=None, sha256=None, timeout=60):
         logging.warning("%s exists but does not match (%s); downloading it "
                         "again", dest_path, _describe(bad))
 
-    dest_dir, base = os.path.split(dest_path)
-    os.makedirs(dest_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".part",
-                                    dir=dest_dir)
-    done = False
-    try:
-        hashers = {name: hashlib.new(name) for name in expected}
-        with os.fdopen(fd, "wb") as out:
-            size = _stream(url, out, hashers, timeout, dest_path, expected)
+    base = os.path.basename(dest_path)
+    hashers = {name: hashlib.new(name) for name in expected}
+    with atomic_file(dest_path, suffix=".part") as out:
+        size = _stream(url, out, hashers, timeout, dest_path, expected)
         actual = {name: h.hexdigest() for name, h in hashers.items()}
         bad = _mismatches(actual, expected)
         if bad:
@@ -187,13 +182,6 @@ def download(url, dest_path, *, md5=None, sha256=None, timeout=60):
                 f"written to {dest_path}. Try again; if it keeps failing, the "
                 "server is serving a different file. "
                 + _manual_hint(url, dest_path, expected))
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files.
-        os.replace(tmp_path, dest_path)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp_path)
     logging.info("Saved %s (%d bytes)", dest_path, size)
     return dest_path
 
@@ -213,19 +201,36 @@ def write_npz_atomic(path, arrays, *, compress=True):
       `path` as an absolute path.
     """
     path = os.path.abspath(os.fspath(path))
-    dest_dir, base = os.path.split(path)
+    with atomic_file(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, **arrays)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path, suffix=".tmp"):
+    """Opens a hidden temporary file beside `path` for writing (binary).
+
+    On a clean exit the file is renamed to `path` (an atomic rename on the same file
+    system); on any exception it is removed and `path` is left as it was.
+    """
+    dest_dir, base = os.path.split(os.path.abspath(os.fspath(path)))
     os.makedirs(dest_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp",
-                                    dir=dest_dir)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=dest_dir)
     done = False
     try:
         with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.chmod(tmp_path, 0o644)
+            yield f
+        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files.
         os.replace(tmp_path, path)
         done = True
     finally:
         if not done:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp_path)
-    return path
+
+
+def check_image_size(image_size, dataset, default):
+    """Returns `image_size` as an int, or raises DataError naming the dataset's default."""
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DataError(f"image_size={image_size!r} is invalid: use a positive int ({dataset} default {default}).")
+    return int(image_size)

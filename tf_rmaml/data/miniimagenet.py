@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from tf_rmaml.data.download import write_npz_atomic
+from tf_rmaml.data.download import check_image_size, write_npz_atomic
 from tf_rmaml.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -150,12 +150,7 @@ def _decode(path, image_size):
 
 
 def _check_size(image_size):
-    if isinstance(image_size, bool) or not isinstance(
-            image_size, (int, np.integer)) or image_size < 1:
-        raise DataError(f"image_size={image_size!r} is invalid: use a "
-                        f"positive int (MiniImageNet default "
-                        f"{DEFAULT_IMAGE_SIZE}).")
-    return int(image_size)
+    return check_image_size(image_size, "MiniImageNet", DEFAULT_IMAGE_SIZE)
 
 
 def prepare_split(data_dir, cache_dir, split, image_size=DEFAULT_IMAGE_SIZE):

@@ -48,8 +48,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from tf_rmaml.data.download import check_image_size, write_npz_atomic
 from tf_rmaml.data.download import download as download_file
-from tf_rmaml.data.download import write_npz_atomic
 from tf_rmaml.data.errors import DataError
 
 BACKGROUND = "background"
@@ -321,12 +321,7 @@ def prepare(data_dir, cache_dir, image_size=DEFAULT_IMAGE_SIZE,
 
 
 def _check_size(image_size):
-    if isinstance(image_size, bool) or not isinstance(
-            image_size, (int, np.integer)) or image_size < 1:
-        raise DataError(f"image_size={image_size!r} is invalid: use a "
-                        f"positive int (Omniglot default "
-                        f"{DEFAULT_IMAGE_SIZE}).")
-    return int(image_size)
+    return check_image_size(image_size, "Omniglot", DEFAULT_IMAGE_SIZE)
 
 
 def load(data_dir, cache_dir, image_size=DEFAULT_IMAGE_SIZE, download=False):
