@@ -165,6 +165,9 @@ def train(config, train_dir, *, strategy=None):
                     step, config.max_steps, metrics["meta_loss"], metrics["query_acc_before"],
                     metrics["query_acc_after"], its, _format_eta((config.max_steps - step) / max(its, 1e-9)),
                 )
+            if step % config.checkpoint_every == 0 or step == config.max_steps:
+                # Before validation: a failure there must not cost training progress.
+                manager.save(checkpoint_number=step)
             if val_source is not None and (step % config.eval_every == 0 or step == config.max_steps):
                 val = validate(evaluator, val_source, config.eval_tasks)
                 with val_writer.as_default(step=step):
@@ -175,8 +178,6 @@ def train(config, train_dir, *, strategy=None):
                     step, 100 * val["sa"], 100 * val["sa_ci95"], val["num_tasks"], config.meta.inner_steps_test,
                 )
                 results["val"] = val
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
-                manager.save(checkpoint_number=step)
     except KeyboardInterrupt:
         if step > start:
             manager.save(checkpoint_number=int(step_var.numpy()))
