@@ -1,0 +1,54 @@
+"""Cross-check against an independent implementation: ART's PGD on the same Keras model and inputs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+art = pytest.importorskip("art", reason="adversarial-robustness-toolbox (a dev extra) is not installed")
+import keras  # noqa: E402
+from art.attacks.evasion import ProjectedGradientDescent  # noqa: E402
+from art.estimators.classification import TensorFlowV2Classifier  # noqa: E402
+
+from tf_rmaml.attacks import core  # noqa: E402
+
+
+def _problem(n=600, seed=0):
+    # Five classes of 8x8 images: a class-specific bright square on noise. Learnable in seconds,
+    # and eps = 0.1 is large enough that robust accuracy is neither 0 nor 100%.
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, n)
+    x = rng.uniform(0, 0.5, size=(n, 8, 8, 1)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 3)
+        x[i, 2 * r:2 * r + 3, 2 * col:2 * col + 3, 0] += 0.4
+    return np.clip(x, 0, 1), y.astype(np.int64)
+
+
+def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
+    keras.utils.set_random_seed(0)
+    x, y = _problem()
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu"), keras.layers.Dense(5),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    x_test, y_test = _problem(n=1000, seed=1)
+    eps, step, steps = 0.1, 0.025, 10
+
+    x_ours = core.pgd(lambda z: model(z, training=False), tf.constant(x_test), tf.constant(y_test, tf.int32), eps,
+                      steps=steps, step_size=step, seed=tf.constant([1, 2]))
+    ra_ours = float(np.mean(np.argmax(model.predict(x_ours, verbose=0), -1) == y_test))
+
+    classifier = TensorFlowV2Classifier(
+        model=model, nb_classes=5, input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+        loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=step, max_iter=steps,
+                                   num_random_init=1, batch_size=1000, verbose=False)
+    x_art = pgd.generate(x=x_test, y=np.eye(5)[y_test])
+    ra_art = float(np.mean(np.argmax(model.predict(x_art, verbose=0), -1) == y_test))
+    sa = float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == y_test))
+    assert sa > 0.9, sa
+    assert 0.05 < ra_art < sa - 0.1, (sa, ra_art)  # the attack does something, not everything
+    assert abs(ra_ours - ra_art) <= 0.01 + 1e-9, (ra_ours, ra_art)
