@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
 from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
+from tf_rmaml.plots import plot_evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory of a run made by rmaml-train.")
@@ -66,6 +67,21 @@ def attack_from_flags(dataset):
     return attack, eps_list
 
 
+def write_summaries(results, logdir):
+    """The evaluation's numbers as TensorBoard scalars (step = the checkpoint's step)."""
+    import tensorflow as tf
+
+    with tf.summary.create_file_writer(logdir).as_default(step=results["checkpoint_step"]):
+        tf.summary.scalar("sa", results["sa"])
+        tf.summary.scalar("sa_ci95", results["sa_ci95"])
+        if "ra" in results:
+            tf.summary.scalar("ra", results["ra"])
+            tf.summary.scalar("ra_ci95", results["ra_ci95"])
+            tf.summary.scalar("ra_on_clean_correct", results["ra_on_clean_correct"])
+            for point in results["ra_vs_eps"]:
+                tf.summary.scalar(f"ra_vs_eps/eps_{point['eps_255']:.1f}_255", point["ra"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -87,10 +103,14 @@ def main(argv):
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, out)
+    png = plot_evaluation(results, os.path.splitext(out)[0] + ".png")
+    write_summaries(results, os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}"))
     logging.info(
         "SA %.2f%% +- %.2f%% over %d %s tasks (checkpoint step %d) -> %s",
         100 * results["sa"], 100 * results["sa_ci95"], results["num_tasks"], FLAGS.split, results["checkpoint_step"], out,
     )
+    if png:
+        logging.info("Plot: %s", png)
     if "ra" in results:
         a = results["attack"]
         logging.info(
