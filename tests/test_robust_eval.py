@@ -71,3 +71,18 @@ def test_strong_is_a_superset_of_pgd_runs():
     kinds = {(k, loss) for k, loss, _, _ in runs}
     assert ("pgd", "ce") in kinds and ("apgd", "ce") in kinds and ("apgd", "dlr") in kinds
     assert sum(k == "pgd" for k, *_ in runs) >= 5
+
+
+def test_support_attack_poisons_fine_tuning_through_the_unrolled_steps():
+    model = build_backbone("conv4", ways=5, input_shape=(16, 16, 1), filters=4, seed=0)
+    attacks = [
+        AttackConfig("pgd", eps=0.3, steps=5, step_size=0.1, target="support"),
+        AttackConfig("pgd", eps=0.0, steps=2, step_size=0.1, target="support"),
+    ]
+    evaluator = FineTuneEvaluator(model, steps=2, lr=0.5, mask=finetune_mask(model), attacks=attacks)
+    out = evaluator.evaluate(_tasks(4))
+    assert out["attacks"][1]["ra"] == pytest.approx(out["sa"], abs=1e-12)
+    assert out["ra"] < out["sa"], out
+    assert out["attack"]["target"] == "support" and out["ra_per_step"][:2] == [None, None]
+    with pytest.raises(ConfigError, match="attack_target"):
+        AttackConfig("apgd_ce", target="support")

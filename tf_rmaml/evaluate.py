@@ -34,13 +34,14 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 
 
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
-                 eval_seed=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(),
+                 eval_seed=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(), support_attack=None,
                  attack_at="all", bn_mode="batch", checks=True):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:
       attack: an `AttackConfig` (None or name "none": SA only).
       eps_list: other radii for the RA-vs-eps curve (same attack, after the last step).
+      support_attack: an extra `AttackConfig` with target "support", reported as `support_attack`.
       attack_at: "all" (RA after every fine-tuning step) or "last".
       bn_mode: "batch" (batch statistics, the paper's protocol) or "running".
       checks: run the gradient-masking checks (see `tf_rmaml.attacks.checks`).
@@ -69,6 +70,9 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         for e in eps_list:
             attacks.append(dataclasses.replace(attack, eps=float(e)))
             names.append(f"eps={float(e)}")
+        if support_attack is not None:
+            attacks.append(support_attack)
+            names.append("support")
     evaluator = FineTuneEvaluator(
         model, steps=steps, lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test),
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
@@ -94,6 +98,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
              for n, e in by_name.items() if n == "main" or n.startswith("eps=")],
             key=lambda r: r["eps"],
         )
+        if "support" in by_name:
+            results["support_attack"] = by_name["support"]
         if checks:
             checks_ra = {n: by_name[n]["ra"] for n in ("eps0", "noise", "stronger") if n in by_name}
             curve = [(e["eps"], e["ra"]) for n, e in by_name.items() if n.startswith("eps=")]

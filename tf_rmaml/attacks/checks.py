@@ -17,11 +17,10 @@ def check_attacks(main):
     """
     if main.name == "none":
         return {}
-    extra = {
-        "eps0": dataclasses.replace(main, eps=0.0),
-        "noise": AttackConfig("noise", eps=main.eps, steps=1, step_size=main.step_size, restarts=max(main.restarts, 3),
-                              norm=main.norm),
-    }
+    extra = {"eps0": dataclasses.replace(main, eps=0.0)}
+    if main.target == "query":
+        extra["noise"] = AttackConfig("noise", eps=main.eps, steps=1, step_size=main.step_size,
+                                      restarts=max(main.restarts, 3), norm=main.norm)
     if main.name in ("pgd", "apgd_ce", "apgd_dlr"):
         extra["stronger"] = dataclasses.replace(main, steps=2 * main.steps, restarts=main.restarts + 1)
     return extra

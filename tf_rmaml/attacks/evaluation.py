@@ -31,8 +31,13 @@ class AttackConfig:
     step_size: float = 2 / 255
     restarts: int = 1
     norm: str = "linf"
+    target: str = "query"
 
     def __post_init__(self):
+        if self.target not in ("query", "support"):
+            raise ConfigError(f"--attack_target must be query or support, got {self.target!r}.")
+        if self.target == "support" and self.name not in ("pgd", "fgsm", "none"):
+            raise ConfigError(f"--attack_target=support supports --attack=pgd or fgsm, got {self.name!r}.")
         if self.name not in ATTACKS:
             raise ConfigError(f"Unknown --attack {self.name!r}. Choose one of: {', '.join(ATTACKS)}.")
         if not 0.0 <= self.eps <= 1.0:
@@ -65,7 +70,7 @@ class AttackConfig:
     def describe(self):
         return {
             "attack": self.name, "eps": self.eps, "eps_255": self.eps * 255, "steps": self.steps,
-            "step_size": self.step_size, "restarts": self.restarts, "norm": self.norm,
+            "step_size": self.step_size, "restarts": self.restarts, "norm": self.norm, "target": self.target,
             "runs": [f"{k}-{loss}-{s}steps-restart{r}" for k, loss, s, r in self.runs()],
         }
 
@@ -95,4 +100,37 @@ def robust_correct(logits_fn, x, y, config, seed):
     for run in config.runs():
         x_adv = perturb(logits_fn, x, y, config, run, seed)
         correct = tf.logical_and(correct, tf.equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), y))
+    return correct
+
+
+def support_robust_correct(finetuned_logits_fn, support_x, query_x, query_y, config, seed):
+    """`[Q]` bool: query correct after fine-tuning on the clean support *and* on an attacked one.
+
+    The attack perturbs the support set before fine-tuning to maximise the query loss after
+    it, differentiating through the unrolled fine-tuning (`finetuned_logits_fn(support_x)`
+    must return the query logits after fine-tuning on `support_x`, differentiably).
+    Each restart is its own run; a query counts as robust only if it survives all.
+    """
+    query_y = tf.cast(query_y, tf.int32)
+
+    def query_correct(xs):
+        return tf.equal(tf.argmax(finetuned_logits_fn(xs), -1, output_type=tf.int32), query_y)
+
+    def query_loss(xs):
+        return tf.reduce_sum(core.per_example_loss(finetuned_logits_fn(xs), query_y, "ce"))
+
+    correct = query_correct(support_x)
+    steps = 1 if config.name == "fgsm" else config.steps
+    step_size = config.eps if config.name == "fgsm" else config.step_size
+    for restart in range(config.restarts):
+        run_seed = tf.random.experimental.stateless_fold_in(seed, 1000 + restart)
+        x_adv = support_x if config.name == "fgsm" else core.random_start(support_x, config.eps, run_seed, config.norm)
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                loss = query_loss(x_adv)
+            grad = tape.gradient(loss, x_adv)
+            x_adv = core.project(x_adv + step_size * core._ascent_direction(grad, config.norm), support_x, config.eps,
+                                 config.norm)
+        correct = tf.logical_and(correct, query_correct(x_adv))
     return correct

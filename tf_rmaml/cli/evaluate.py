@@ -6,6 +6,7 @@ Each task fine-tunes the meta-weights on its clean support set (--inner_steps_te
 steps of the run's config unless overridden) and scores the query set.
 """
 
+import dataclasses
 import json
 import os
 
@@ -38,6 +39,9 @@ flags.DEFINE_list("eps_list", [], "Comma list of radii (pixel units) for the RA-
 flags.DEFINE_enum("bn_mode", "batch", ("batch", "running"),
                   "batch: statistics of the evaluated batch (the paper's code); running: stored statistics.")
 flags.DEFINE_enum("attack_at", "all", ("all", "last"), "Measure RA after every fine-tuning step, or only the last.")
+flags.DEFINE_enum("attack_target", "query", ("query", "support", "both"),
+                  "query: attack the query set after clean fine-tuning (the paper); support: perturb the support set "
+                  "before fine-tuning, through the unrolled fine-tuning; both: report the two.")
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
 flags.mark_flag_as_required("train_dir")
 
@@ -62,9 +66,11 @@ def attack_from_flags(dataset):
         if not 0 <= value <= 1:
             raise ConfigError(f"--eps_list values must be in [0, 1] (pixel units), got {value}.")
         eps_list.append(value)
+    target = "support" if FLAGS.attack_target == "support" else "query"
     attack = AttackConfig(FLAGS.attack, eps=eps, steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
-                          restarts=FLAGS.attack_restarts)
-    return attack, eps_list
+                          restarts=FLAGS.attack_restarts, target=target)
+    support = dataclasses.replace(attack, target="support") if FLAGS.attack_target == "both" else None
+    return attack, eps_list, support
 
 
 def write_summaries(results, logdir):
@@ -90,12 +96,12 @@ def main(argv):
 
     if FLAGS.num_tasks < 1:
         raise ConfigError(f"--num_tasks must be >= 1, got {FLAGS.num_tasks}.")
-    attack, eps_list = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
+    attack, eps_list, support_attack = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
     results = evaluate_run(
         FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
         inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, data_dir=FLAGS.data_dir,
         cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
-        eps_list=eps_list, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
+        eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
     )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tf_rmaml.attacks.evaluation import robust_correct
+from tf_rmaml.attacks.evaluation import robust_correct, support_robust_correct
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
 
@@ -67,7 +67,7 @@ class FineTuneEvaluator:
         seed = tf.random.experimental.stateless_fold_in(tf.constant([self.seed, 77], tf.int64), index)
         query_y = tf.cast(query_y, tf.int32)
         clean, robust = [], [[] for _ in self.attacks]
-        fast = params
+        fast, state0 = params, state
         # Unrolled: `steps` is small and the per-step accuracies are all wanted.
         for step in range(self.steps + 1):
             if step > 0:
@@ -83,13 +83,26 @@ class FineTuneEvaluator:
             clean.append(clean_correct)
             for k, attack in enumerate(self.attacks):
                 # Only the headline attack (k == 0) runs at every step; the others at the last.
-                if step == self.steps or (k == 0 and self.attack_at == "all"):
+                # A support attack poisons the whole fine-tuning, so it is scored at the last step.
+                if attack.target == "support" and step == self.steps:
+                    robust[k].append(support_robust_correct(
+                        lambda xs: self._finetuned_query_logits(params, state0, xs, support_y, query_x, training),
+                        support_x, query_x, query_y, attack, seed))
+                elif attack.target == "query" and (step == self.steps or (k == 0 and self.attack_at == "all")):
                     robust[k].append(robust_correct(logits_fn, query_x, query_y, attack, seed))
                 else:
                     robust[k].append(tf.zeros_like(clean_correct))
         clean = tf.stack(clean)  # [steps + 1, queries]
         robust = tf.stack([tf.stack(r) for r in robust]) if self.attacks else tf.zeros([0, self.steps + 1, 1], tf.bool)
         return clean, robust
+
+    def _finetuned_query_logits(self, params, state, support_x, support_y, query_x, training):
+        # Second order through the fine-tuning: the support attack needs d(query loss)/d(support).
+        fast, state, _ = inner_loop.adapt(
+            self.model, params, state, support_x, support_y, steps=self.steps, lr=self.lr, mask=self.mask,
+            first_order=False, training=training,
+        )
+        return inner_loop.forward(self.model, fast, state, query_x, training=training)[0]
 
     def task_accuracies(self, task, index=0):
         """`[steps + 1]` query accuracies: before fine-tuning, then after each step."""
@@ -134,7 +147,7 @@ class FineTuneEvaluator:
         clean_total = float(np.sum(clean_last))
         entries = []
         for k, attack in enumerate(self.attacks):
-            every = k == 0 and self.attack_at == "all"
+            every = k == 0 and self.attack_at == "all" and attack.target == "query"
             steps_attacked = list(range(self.steps + 1)) if every else [self.steps]
             per_step = {s: mean_ci95(ra[:, k, s]) for s in steps_attacked}
             entries.append({
