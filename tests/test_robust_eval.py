@@ -47,12 +47,15 @@ def test_running_bn_mode_differs_from_batch_mode():
 
 
 def test_checks_flag_masking():
-    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.28}, [(0.02, 0.5), (0.08, 0.1)], 0.01)
+    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.28, "transfer": 0.6},
+                               [(0.02, 0.5), (0.08, 0.1)], 0.01)
     assert not suspected and all(c["passed"] for c in ok.values())
-    bad, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.8, "noise": 0.2, "stronger": 0.4}, [(0.08, 0.5)], 0.01)
+    bad, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.8, "noise": 0.2, "stronger": 0.4, "transfer": 0.1},
+                                [(0.08, 0.5)], 0.01)
     assert suspected
     assert not any(c["passed"] for c in bad.values())
-    assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger"}
+    assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger", "transfer"}
+    assert set(check_attacks(AttackConfig("pgd", target="support"))) == {"eps0", "stronger"}
     assert check_attacks(AttackConfig("none")) == {}
 
 
@@ -86,3 +89,16 @@ def test_support_attack_poisons_fine_tuning_through_the_unrolled_steps():
     assert out["attack"]["target"] == "support" and out["ra_per_step"][:2] == [None, None]
     with pytest.raises(ConfigError, match="attack_target"):
         AttackConfig("apgd_ce", target="support")
+
+
+def test_transfer_attack_uses_the_surrogate():
+    model = build_backbone("conv4", ways=5, input_shape=(16, 16, 1), filters=4, seed=0)
+    surrogate = build_backbone("conv4", ways=5, input_shape=(16, 16, 1), filters=4, seed=1)
+    pgd = AttackConfig("pgd", eps=0.2, steps=3, step_size=0.05)
+    transfer = AttackConfig("pgd", eps=0.2, steps=3, step_size=0.05, target="transfer")
+    with pytest.raises(ConfigError, match="surrogate"):
+        FineTuneEvaluator(model, steps=1, lr=0.1, mask=finetune_mask(model), attacks=[transfer])
+    out = FineTuneEvaluator(model, steps=1, lr=0.1, mask=finetune_mask(model), attacks=[pgd, transfer],
+                            surrogate=surrogate).evaluate(_tasks())
+    white, black = out["attacks"][0]["ra"], out["attacks"][1]["ra"]
+    assert white <= black <= out["sa"] + 1e-12

@@ -73,9 +73,14 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         if support_attack is not None:
             attacks.append(support_attack)
             names.append("support")
+    surrogate = None
+    if any(a.target == "transfer" for a in attacks):
+        # Same architecture, independent initialisation, not trained: the black-box source.
+        surrogate = build_model(dataclasses.replace(config, seed=config.seed + 1_000_003), source.image_shape)
     evaluator = FineTuneEvaluator(
         model, steps=steps, lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test),
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
+        surrogate=surrogate,
     )
     start = time.perf_counter()
 
@@ -101,7 +106,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         if "support" in by_name:
             results["support_attack"] = by_name["support"]
         if checks:
-            checks_ra = {n: by_name[n]["ra"] for n in ("eps0", "noise", "stronger") if n in by_name}
+            checks_ra = {n: by_name[n]["ra"] for n in ("eps0", "noise", "stronger", "transfer") if n in by_name}
             curve = [(e["eps"], e["ra"]) for n, e in by_name.items() if n.startswith("eps=")]
             tolerance = max(0.005, results["ra_ci95"])
             results["checks"], results["masking_suspected"] = run_checks(

@@ -12,8 +12,10 @@ from tf_rmaml.attacks.evaluation import AttackConfig
 def check_attacks(main):
     """The extra attacks the checks need, besides `main` and the eps curve.
 
-    Returns a dict name -> AttackConfig: the same attack at eps 0; uniform noise of the same
-    radius; and (for iterative attacks) the same attack with twice the steps and one more restart.
+    Returns a dict name -> AttackConfig: the same attack at eps 0; for query attacks, uniform
+    noise of the same radius and the same attack transferred from an independently initialised
+    surrogate model; and (for iterative attacks) the same attack with twice the steps and one
+    more restart.
     """
     if main.name == "none":
         return {}
@@ -21,6 +23,7 @@ def check_attacks(main):
     if main.target == "query":
         extra["noise"] = AttackConfig("noise", eps=main.eps, steps=1, step_size=main.step_size,
                                       restarts=max(main.restarts, 3), norm=main.norm)
+        extra["transfer"] = dataclasses.replace(main, target="transfer", restarts=1)
     if main.name in ("pgd", "apgd_ce", "apgd_dlr"):
         extra["stronger"] = dataclasses.replace(main, steps=2 * main.steps, restarts=main.restarts + 1)
     return extra
@@ -59,5 +62,10 @@ def run_checks(sa, main_ra, main_eps, checks_ra, curve, tolerance):
         ok = checks_ra["noise"] >= main_ra - tolerance
         checks["noise_does_not_beat_the_attack"] = {
             "passed": ok, "detail": f"RA noise={checks_ra['noise']:.4f}, RA attack={main_ra:.4f}"}
+    if "transfer" in checks_ra:
+        ok = checks_ra["transfer"] >= main_ra - tolerance
+        checks["transfer_does_not_beat_white_box"] = {
+            "passed": ok, "detail": f"RA transfer (independently initialised surrogate)={checks_ra['transfer']:.4f}, "
+                                    f"RA white-box={main_ra:.4f}"}
     suspected = any(not c["passed"] for c in checks.values())
     return checks, suspected

@@ -34,7 +34,8 @@ class AttackConfig:
     target: str = "query"
 
     def __post_init__(self):
-        if self.target not in ("query", "support"):
+        # "transfer": a query attack computed on a surrogate model (a gradient-masking check).
+        if self.target not in ("query", "support", "transfer"):
             raise ConfigError(f"--attack_target must be query or support, got {self.target!r}.")
         if self.target == "support" and self.name not in ("pgd", "fgsm", "none"):
             raise ConfigError(f"--attack_target=support supports --attack=pgd or fgsm, got {self.name!r}.")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tf_rmaml.attacks.evaluation import robust_correct, support_robust_correct
+from tf_rmaml.attacks.evaluation import perturb, robust_correct, support_robust_correct
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
 
@@ -47,10 +47,12 @@ class FineTuneEvaluator:
       bn_mode: "batch" or "running".
       seed: integer seed of the attacks' random starts (task `i` uses fold_in(seed, i)).
       jit_compile: compile the per-task function with XLA.
+      surrogate: a second model of the same architecture; attacks with target "transfer" are
+        computed on it (fine-tuned on the same support) and applied to `model` (black box).
     """
 
     def __init__(self, model, *, steps, lr, mask, attacks=(), attack_at="all", bn_mode="batch", seed=0,
-                 jit_compile=False):
+                 jit_compile=False, surrogate=None):
         if bn_mode not in ("batch", "running"):
             raise ConfigError(f"--bn_mode must be batch or running, got {bn_mode!r}.")
         if attack_at not in ("all", "last"):
@@ -58,6 +60,9 @@ class FineTuneEvaluator:
         self.model, self.steps, self.lr, self.mask = model, int(steps), float(lr), tuple(mask)
         self.attacks, self.attack_at, self.bn_mode = tuple(attacks), attack_at, bn_mode
         self.seed = int(seed)
+        self.surrogate = surrogate
+        if surrogate is None and any(a.target == "transfer" for a in self.attacks):
+            raise ConfigError("Transfer attacks need a surrogate model.")
         self._task_fn = tf.function(self._task, jit_compile=jit_compile)
 
     def _task(self, support_x, support_y, query_x, query_y, index):
@@ -88,6 +93,11 @@ class FineTuneEvaluator:
                     robust[k].append(support_robust_correct(
                         lambda xs: self._finetuned_query_logits(params, state0, xs, support_y, query_x, training),
                         support_x, query_x, query_y, attack, seed))
+                elif attack.target == "transfer" and step == self.steps:
+                    x_adv = perturb(self._surrogate_logits_fn(support_x, support_y, training), query_x, query_y, attack,
+                                    attack.runs()[0], seed)
+                    robust[k].append(tf.logical_and(
+                        clean_correct, tf.equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), query_y)))
                 elif attack.target == "query" and (step == self.steps or (k == 0 and self.attack_at == "all")):
                     robust[k].append(robust_correct(logits_fn, query_x, query_y, attack, seed))
                 else:
@@ -95,6 +105,15 @@ class FineTuneEvaluator:
         clean = tf.stack(clean)  # [steps + 1, queries]
         robust = tf.stack([tf.stack(r) for r in robust]) if self.attacks else tf.zeros([0, self.steps + 1, 1], tf.bool)
         return clean, robust
+
+    def _surrogate_logits_fn(self, support_x, support_y, training):
+        params = [v.value for v in self.surrogate.trainable_variables]
+        state = [v.value for v in self.surrogate.non_trainable_variables]
+        fast, state, _ = inner_loop.adapt(
+            self.surrogate, params, state, support_x, support_y, steps=self.steps, lr=self.lr,
+            mask=[True] * len(params), first_order=True, training=training,
+        )
+        return lambda x: inner_loop.forward(self.surrogate, fast, state, x, training=training)[0]
 
     def _finetuned_query_logits(self, params, state, support_x, support_y, query_x, training):
         # Second order through the fine-tuning: the support attack needs d(query loss)/d(support).
