@@ -50,6 +50,7 @@ class TrainConfig:
     filters: int | None = None
     meta_batch: int = 4
     meta_lr: float = 1e-3
+    meta_lr_decay_steps: int = 0  # 0: constant; N: cosine decay from meta_lr to 0 over N steps
     max_steps: int = 1000
     seed: int = 0
     eval_seed: int = 1234
@@ -69,6 +70,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.eval_every < 0:
             raise ConfigError(f"--eval_every must be >= 0 (0 disables meta-validation), got {self.eval_every}.")
+        if self.meta_lr_decay_steps < 0:
+            raise ConfigError(f"--meta_lr_decay_steps must be >= 0 (0: constant), got {self.meta_lr_decay_steps}.")
         if not self.meta_lr > 0:
             raise ConfigError(f"--meta_lr must be > 0, got {self.meta_lr}.")
         if self.filters is not None and self.filters < 1:
@@ -80,6 +83,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
+        d.setdefault("meta_lr_decay_steps", 0)
         d["data"] = DataConfig(**d["data"])
         d["meta"] = MetaConfig(**d["meta"])
         return cls(**d)

@@ -45,8 +45,12 @@ def build_model(config, input_shape):
 
 
 def make_optimizer(config):
+    lr = config.meta_lr
+    if config.meta_lr_decay_steps:
+        # Follows the optimizer's own step counter, which is checkpointed: resumes exactly.
+        lr = keras.optimizers.schedules.CosineDecay(config.meta_lr, decay_steps=config.meta_lr_decay_steps)
     # epsilon 1e-8 as torch.optim.Adam (Keras' default is 1e-7).
-    return keras.optimizers.Adam(learning_rate=config.meta_lr, epsilon=1e-8)
+    return keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
 
 
 def make_checkpoint(model, optimizer=None):

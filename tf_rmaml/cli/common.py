@@ -37,6 +37,7 @@ def define_train_flags():
     flags.DEFINE_integer("inner_steps_test", 10, "Fine-tuning steps at meta-testing.")
     flags.DEFINE_float("inner_lr", 0.01, "Inner-loop (fine-tuning) learning rate.")
     flags.DEFINE_float("meta_lr", 1e-3, "Adam learning rate of the meta-update.")
+    flags.DEFINE_integer("meta_lr_decay_steps", 0, "Cosine-decay --meta_lr to 0 over this many steps (0: constant).")
     flags.DEFINE_integer("max_steps", 1000, "Meta-iterations in total (a resumed run continues to this).")
     flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the training episodes.")
     flags.DEFINE_integer("eval_seed", 1234, "Seed of validation/test episodes (keep fixed to compare runs).")
@@ -74,7 +75,7 @@ def train_config_from_flags():
     )
     return TrainConfig(
         data=data, meta=meta, backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
-        meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, max_steps=FLAGS.max_steps, seed=FLAGS.seed,
+        meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, meta_lr_decay_steps=FLAGS.meta_lr_decay_steps, max_steps=FLAGS.max_steps, seed=FLAGS.seed,
         eval_seed=FLAGS.eval_seed, jit_compile=resolve_jit_compile(FLAGS.jit_compile), eval_every=FLAGS.eval_every,
         eval_tasks=FLAGS.eval_tasks, checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
         log_every=FLAGS.log_every,
