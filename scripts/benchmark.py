@@ -40,7 +40,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps):
 
     backbone, shape, classes = SETTINGS[setting]
     images = np.random.default_rng(0).integers(0, 256, size=(classes, 40) + shape, dtype=np.uint8)
-    spec = EpisodeSpec(5, 1, 15)
+    spec = EpisodeSpec(5, 1, int(os.environ.get("BENCH_QUERIES", 15)))
     source = EpisodeSource(images, "train", spec, seed=0)
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
