@@ -47,10 +47,11 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
     assert os.path.exists(os.path.join(train_dir, "flags.txt"))
     assert any(f.startswith("events.") for f in os.listdir(os.path.join(train_dir, "train")))
     out = str(tmp_path / "eval.json")
-    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=20", f"--output_json={out}", "--attack=none")
+    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=20", f"--output_json={out}", "--attack=none",
+         "--queries=7")
     with open(out) as f:
         result = json.load(f)
-    assert result["num_tasks"] == 20 and result["checkpoint_step"] == 10
+    assert result["num_tasks"] == 20 and result["checkpoint_step"] == 10 and result["queries"] == 7
     assert 0.0 <= result["sa"] <= 1.0 and result["sa_ci95"] > 0
     assert len(result["sa_per_step"]) == 3 + 1 and "ra" not in result
     # The paper's protocol (PGD after clean fine-tuning), with the masking checks.

@@ -34,7 +34,7 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 
 
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
-                 eval_seed=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(), support_attack=None,
+                 eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(), support_attack=None,
                  attack_at="all", bn_mode="batch", checks=True):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
@@ -52,7 +52,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     `masking_suspected`.
     """
     config = TrainConfig.load(train_dir)
-    overrides = {k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir}.items() if v is not None}
+    overrides = {k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir, "queries": queries}.items()
+                 if v is not None}
     if overrides:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, **overrides))
     seed = config.eval_seed if eval_seed is None else eval_seed

@@ -25,6 +25,7 @@ flags.DEFINE_enum("split", "test", ("train", "val", "test"), "Split to draw the 
 flags.DEFINE_string("output_json", None, "Write the results here (default: <train_dir>/eval_<split>.json).")
 flags.DEFINE_integer("inner_steps_test", None, "Override the run's fine-tuning steps.")
 flags.DEFINE_integer("eval_seed", None, "Override the run's episode seed for evaluation.")
+flags.DEFINE_integer("queries", None, "Override the run's query images per class (15 is the usual test protocol).")
 flags.DEFINE_string("data_dir", None, "Override the run's data folder.")
 flags.DEFINE_string("cache_dir", None, "Override the run's cache folder.")
 flags.DEFINE_bool("jit_compile", None, "Compile with XLA (default: on with a GPU).")
@@ -99,7 +100,7 @@ def main(argv):
     attack, eps_list, support_attack = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
     results = evaluate_run(
         FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
-        inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, data_dir=FLAGS.data_dir,
+        inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries, data_dir=FLAGS.data_dir,
         cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
         eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
     )
