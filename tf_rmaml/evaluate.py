@@ -34,8 +34,8 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 
 
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
-                 eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None, eps_list=(), support_attack=None,
-                 attack_at="all", bn_mode="batch", checks=True):
+                 eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None,
+                 eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:

@@ -75,7 +75,8 @@ def train_config_from_flags():
     )
     return TrainConfig(
         data=data, meta=meta, backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
-        meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, meta_lr_decay_steps=FLAGS.meta_lr_decay_steps, max_steps=FLAGS.max_steps, seed=FLAGS.seed,
+        meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, meta_lr_decay_steps=FLAGS.meta_lr_decay_steps,
+        max_steps=FLAGS.max_steps, seed=FLAGS.seed,
         eval_seed=FLAGS.eval_seed, jit_compile=resolve_jit_compile(FLAGS.jit_compile), eval_every=FLAGS.eval_every,
         eval_tasks=FLAGS.eval_tasks, checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
         log_every=FLAGS.log_every,
