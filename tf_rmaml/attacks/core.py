@@ -79,14 +79,14 @@ def _gradient(logits_fn, x_adv, target, loss):
     return tape.gradient(total, x_adv), losses
 
 
-def _ascent_direction(grad, norm):
+def ascent_direction(grad, norm):
     if norm == "linf":
         return tf.sign(grad)
     axes = list(range(1, len(grad.shape)))
     return grad / (tf.sqrt(tf.reduce_sum(tf.square(grad), axis=axes, keepdims=True)) + 1e-12)
 
 
-def fgsm(logits_fn, x, target, eps, *, seed=None, random_start_=False, step_size=None, loss="ce"):
+def fgsm(logits_fn, x, target, eps, *, seed=None, rand_init=False, step_size=None, loss="ce"):
     """FGSM, or FGSM with random start (Wong et al. 2020).
 
     Args:
@@ -95,40 +95,50 @@ def fgsm(logits_fn, x, target, eps, *, seed=None, random_start_=False, step_size
       target: labels `[B]` (or clean probabilities for loss="kl").
       eps: L-inf radius.
       seed: int32 `[2]` stateless seed (needed with random start).
-      random_start_: start from a uniform point of the ball (FGSM-RS).
+      rand_init: start from a uniform point of the ball (FGSM-RS).
       step_size: default eps (plain FGSM) or 1.25 eps (FGSM-RS, Wong et al.).
       loss: see `per_example_loss`.
     """
     if step_size is None:
-        step_size = 1.25 * eps if random_start_ else eps
-    x_adv = random_start(x, eps, seed) if random_start_ else x
+        step_size = 1.25 * eps if rand_init else eps
+    x_adv = random_start(x, eps, seed) if rand_init else x
     grad, _ = _gradient(logits_fn, x_adv, target, loss)
     return project(x_adv + step_size * tf.sign(grad), x, eps)
 
 
 def fgsm_rs(logits_fn, x, target, eps, *, seed, step_size=None, loss="ce"):
     """FGSM with random start: uniform start in the ball, one signed step of 1.25 eps."""
-    return fgsm(logits_fn, x, target, eps, seed=seed, random_start_=True, step_size=step_size, loss=loss)
+    return fgsm(logits_fn, x, target, eps, seed=seed, rand_init=True, step_size=step_size, loss=loss)
 
 
-def pgd(logits_fn, x, target, eps, *, steps, step_size, seed=None, random_start_=True, norm="linf", loss="ce"):
-    """Projected gradient ascent (Madry et al.), one restart.
+def maximize(loss_fn, x, eps, *, steps, step_size, seed=None, rand_init=True, norm="linf"):
+    """Projected gradient ascent of a scalar `loss_fn(x_adv)` over the eps-ball around `x` and [0, 1].
 
-    Returns the iterate with the highest *batch* loss seen (the last one is not always
-    the best when the step size is large), in the ball and in [0, 1].
+    Returns the iterate with the highest loss seen (the last one is not always the best when
+    the step size is large).
     """
-    x_adv = random_start(x, eps, seed, norm) if random_start_ else tf.identity(x)
+    x_adv = random_start(x, eps, seed, norm) if rand_init else tf.identity(x)
     best, best_loss = x_adv, tf.constant(-float("inf"), x.dtype)
     # tf.range loop: no second order is needed through the attack, and the graph stays small.
     for _ in tf.range(steps):
-        grad, losses = _gradient(logits_fn, x_adv, target, loss)
-        batch_loss = tf.reduce_sum(losses)
-        better = batch_loss > best_loss
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            loss = loss_fn(x_adv)
+        grad = tape.gradient(loss, x_adv)
+        better = loss > best_loss
         best = tf.where(better, x_adv, best)
-        best_loss = tf.where(better, batch_loss, best_loss)
-        x_adv = project(x_adv + step_size * _ascent_direction(grad, norm), x, eps, norm)
-    final_loss = tf.reduce_sum(per_example_loss(logits_fn(x_adv), target, loss))
-    return tf.where(final_loss >= best_loss, x_adv, best)
+        best_loss = tf.where(better, loss, best_loss)
+        x_adv = project(x_adv + step_size * ascent_direction(grad, norm), x, eps, norm)
+    return tf.where(loss_fn(x_adv) >= best_loss, x_adv, best)
+
+
+def pgd(logits_fn, x, target, eps, *, steps, step_size, seed=None, rand_init=True, norm="linf", loss="ce"):
+    """Projected gradient ascent (Madry et al.) on the summed per-example loss, one restart."""
+
+    def batch_loss(x_adv):
+        return tf.reduce_sum(per_example_loss(logits_fn(x_adv), target, loss))
+
+    return maximize(batch_loss, x, eps, steps=steps, step_size=step_size, seed=seed, rand_init=rand_init, norm=norm)
 
 
 def trades_attack(logits_fn, x, eps, *, seed, steps=1, step_size=None, clean_probs=None):

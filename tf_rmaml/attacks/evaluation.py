@@ -121,17 +121,12 @@ def support_robust_correct(finetuned_logits_fn, support_x, query_x, query_y, con
         return tf.reduce_sum(core.per_example_loss(finetuned_logits_fn(xs), query_y, "ce"))
 
     correct = query_correct(support_x)
-    steps = 1 if config.name == "fgsm" else config.steps
-    step_size = config.eps if config.name == "fgsm" else config.step_size
+    fgsm = config.name == "fgsm"
     for restart in range(config.restarts):
-        run_seed = tf.random.experimental.stateless_fold_in(seed, 1000 + restart)
-        x_adv = support_x if config.name == "fgsm" else core.random_start(support_x, config.eps, run_seed, config.norm)
-        for _ in tf.range(steps):
-            with tf.GradientTape() as tape:
-                tape.watch(x_adv)
-                loss = query_loss(x_adv)
-            grad = tape.gradient(loss, x_adv)
-            x_adv = core.project(x_adv + step_size * core._ascent_direction(grad, config.norm), support_x, config.eps,
-                                 config.norm)
+        x_adv = core.maximize(
+            query_loss, support_x, config.eps, steps=1 if fgsm else config.steps,
+            step_size=config.eps if fgsm else config.step_size, rand_init=not fgsm,
+            seed=tf.random.experimental.stateless_fold_in(seed, 1000 + restart), norm=config.norm,
+        )
         correct = tf.logical_and(correct, query_correct(x_adv))
     return correct
