@@ -123,12 +123,6 @@ class FineTuneEvaluator:
         )
         return inner_loop.forward(self.model, fast, state, query_x, training=training)[0]
 
-    def task_accuracies(self, task, index=0):
-        """`[steps + 1]` query accuracies: before fine-tuning, then after each step."""
-        clean, _ = self._task_fn(task["support_x"], task["support_y"], task["query_x"], task["query_y"],
-                                 tf.constant(index, tf.int64))
-        return tf.reduce_mean(tf.cast(clean, tf.float32), axis=-1)
-
     def evaluate(self, episodes, progress=None):
         """Evaluates every task of an iterable of single-task dicts.
 
