@@ -7,6 +7,7 @@ import os
 from tf_rmaml.data.episodes import EpisodeSpec
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.learner import MetaConfig
+from tf_rmaml.meta.robust import RobustConfig
 from tf_rmaml.models.backbones import BACKBONES
 
 DATASET_NAMES = ("omniglot", "cifar_fs", "miniimagenet")
@@ -25,6 +26,9 @@ class DataConfig:
     omniglot_split: str = "standard"
     omniglot_rotations: bool = False
     download: bool = False
+    unlabeled_source: str = "none"  # none | split | path to an .npz or a folder of images
+    unlabeled_classes: str = "task"  # with "split": the task's own classes, or "other" classes
+    unlabeled_per_class: int = 20
 
     def __post_init__(self):
         if self.dataset not in DATASET_NAMES:
@@ -34,6 +38,10 @@ class DataConfig:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
         if self.ways < 2:
             raise ConfigError(f"--ways must be >= 2, got {self.ways}.")
+        if self.unlabeled_classes not in ("task", "other"):
+            raise ConfigError(f"--unlabeled_classes must be task or other, got {self.unlabeled_classes!r}.")
+        if self.unlabeled_per_class < 1:
+            raise ConfigError(f"--unlabeled_per_class must be >= 1, got {self.unlabeled_per_class}.")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"--image_size must be >= 8 (or unset for the dataset default), got {self.image_size}.")
 
@@ -46,6 +54,7 @@ class DataConfig:
 class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    robust: RobustConfig = dataclasses.field(default_factory=RobustConfig)
     backbone: str = "omniglot_strided"
     filters: int | None = None
     meta_batch: int = 4
@@ -76,6 +85,10 @@ class TrainConfig:
             raise ConfigError(f"--meta_lr must be > 0, got {self.meta_lr}.")
         if self.filters is not None and self.filters < 1:
             raise ConfigError(f"--filters must be >= 1, got {self.filters}.")
+        if self.data.unlabeled_source != "none" and (self.robust.method == "maml" or self.robust.regularizer != "trades"):
+            raise ConfigError(
+                "Unlabeled images enter only the TRADES term: --unlabeled_source needs --regularizer=trades and "
+                f"a robust --method (got --method={self.robust.method} --regularizer={self.robust.regularizer}).")
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -86,6 +99,7 @@ class TrainConfig:
         d.setdefault("meta_lr_decay_steps", 0)
         d["data"] = DataConfig(**d["data"])
         d["meta"] = MetaConfig(**d["meta"])
+        d["robust"] = RobustConfig(**d.get("robust", {}))
         return cls(**d)
 
     @classmethod

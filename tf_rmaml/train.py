@@ -17,7 +17,8 @@ from absl import logging
 
 from tf_rmaml.config import TrainConfig, config_differences
 from tf_rmaml.data import sources
-from tf_rmaml.data.episodes import EpisodeSource
+from tf_rmaml.data.episodes import EpisodeSource, UnlabeledSpec
+from tf_rmaml.data.unlabeled import load_pool
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
@@ -34,7 +35,11 @@ def load_episodes(config, split, seed):
         omniglot_split=d.omniglot_split, omniglot_rotations=d.omniglot_rotations and split == "train",
         download=d.download,
     )
-    return EpisodeSource(data.images, split, d.spec, seed)
+    unlabeled = None
+    if split == "train" and d.unlabeled_source != "none":
+        pool = None if d.unlabeled_source == "split" else load_pool(d.unlabeled_source, data.image_shape)
+        unlabeled = UnlabeledSpec(per_class=d.unlabeled_per_class, classes=d.unlabeled_classes, pool=pool)
+    return EpisodeSource(data.images, split, d.spec, seed, unlabeled=unlabeled)
 
 
 def build_model(config, input_shape):
@@ -44,20 +49,23 @@ def build_model(config, input_shape):
     )
 
 
-def make_optimizer(config):
-    lr = config.meta_lr
+def make_optimizer(config, lr=None):
+    """Adam at `lr` (default `config.meta_lr`), cosine-decayed if the config says so."""
+    lr = config.meta_lr if lr is None else lr
     if config.meta_lr_decay_steps:
         # Follows the optimizer's own step counter, which is checkpointed: resumes exactly.
-        lr = keras.optimizers.schedules.CosineDecay(config.meta_lr, decay_steps=config.meta_lr_decay_steps)
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=config.meta_lr_decay_steps)
     # epsilon 1e-8 as torch.optim.Adam (Keras' default is 1e-7).
     return keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
 
 
-def make_checkpoint(model, optimizer=None):
+def make_checkpoint(model, optimizer=None, adv_optimizer=None):
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     kwargs = {"step": step, "model": model}
     if optimizer is not None:
         kwargs["optimizer"] = optimizer
+    if adv_optimizer is not None:
+        kwargs["adv_optimizer"] = adv_optimizer
     return tf.train.Checkpoint(**kwargs), step
 
 
@@ -109,7 +117,11 @@ def train(config, train_dir, *, strategy=None):
         model = build_model(config, train_source.image_shape)
         optimizer = make_optimizer(config)
         optimizer.build(model.trainable_variables)
-        checkpoint, step_var = make_checkpoint(model, optimizer)
+        adv_optimizer = None
+        if config.robust.outer_update == "two_optimizers":
+            adv_optimizer = make_optimizer(config, config.robust.adv_meta_lr)
+            adv_optimizer.build(model.trainable_variables)
+        checkpoint, step_var = make_checkpoint(model, optimizer, adv_optimizer)
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(train_dir, CHECKPOINT_SUBDIR), max_to_keep=config.keep_checkpoints
     )
@@ -117,14 +129,18 @@ def train(config, train_dir, *, strategy=None):
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(step_var.numpy()))
     start = int(step_var.numpy())
+    r = config.robust
     logging.info(
-        "%s: %d trainable parameters, %s %d-way %d-shot, meta-batch %d, steps %d -> %d.",
+        "%s: %d trainable parameters, %s %d-way %d-shot, meta-batch %d, steps %d -> %d, method %s%s.",
         config.backbone, sum(int(np.prod(v.shape)) for v in model.trainable_variables),
         config.data.dataset, config.data.ways, config.data.shots, config.meta_batch, start, config.max_steps,
+        r.method, "" if r.method == "maml" else
+        f" ({r.regularizer}, gamma_out {r.gamma:g}, {r.train_attack} eps {r.train_eps * 255:.1f}/255, {r.outer_update})",
     )
 
     learner = MetaLearner(
-        model, config.meta, optimizer, meta_batch=config.meta_batch, strategy=strategy, jit_compile=config.jit_compile
+        model, config.meta, optimizer, meta_batch=config.meta_batch, strategy=strategy, jit_compile=config.jit_compile,
+        robust=config.robust, adv_optimizer=adv_optimizer, seed=config.seed,
     )
     evaluator = FineTuneEvaluator(
         model, steps=config.meta.inner_steps_test, lr=config.meta.inner_lr, mask=learner.test_mask,
@@ -164,10 +180,12 @@ def train(config, train_dir, *, strategy=None):
                     for name, value in metrics.items():
                         tf.summary.scalar(name, value)
                     tf.summary.scalar("iterations_per_second", its)
+                robust = "".join(f"  {k} {metrics[k]:.4f}" for k in ("clean_loss", "robust_loss", "query_acc_adv")
+                                 if k in metrics)
                 logging.info(
-                    "step %d/%d  meta_loss %.4f  query_acc before %.3f after %.3f  %.2f it/s  ETA %s",
+                    "step %d/%d  meta_loss %.4f  query_acc before %.3f after %.3f%s  %.2f it/s  ETA %s",
                     step, config.max_steps, metrics["meta_loss"], metrics["query_acc_before"],
-                    metrics["query_acc_after"], its, _format_eta((config.max_steps - step) / max(its, 1e-9)),
+                    metrics["query_acc_after"], robust, its, _format_eta((config.max_steps - step) / max(its, 1e-9)),
                 )
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 # Before validation: a failure there must not cost training progress.

@@ -170,7 +170,7 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    checkpoints = sorted({int(round(q * steps)) for q in p if 0 < q <= 1.0})
+    checkpoints = tf.constant(sorted({int(round(q * steps)) for q in p if 0 < q <= 1.0}), tf.int32)
 
     x0 = random_start(x, eps, seed) if seed is not None else tf.identity(x)
     grad, losses = _gradient(logits_fn, x0, target, loss)
@@ -185,8 +185,9 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
     g_best = tf.where(better, grad1, grad)
     x_prev, x_cur, g_cur, f_cur = x0, x1, grad1, f1
     successes = tf.cast(f1 > f0, tf.float32)
-    last_check, f_best_at_check, eta_at_check = 0, f_best, eta
-    for k in range(1, steps):
+    last_check, f_best_at_check, eta_at_check = tf.constant(0, tf.int32), f_best, eta
+    # A graph loop (tf.range), not an unrolled one: 100-step attacks otherwise take minutes to trace.
+    for k in tf.range(1, steps):
         z = project(x_cur + eta * tf.sign(g_cur), x, eps)
         x_next = project(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev), x, eps)
         g_next, losses_next = _gradient(logits_fn, x_next, target, loss)
@@ -197,15 +198,18 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
         g_best = tf.where(improved, g_next, g_best)
         f_best = tf.maximum(f_best, f_next)
         x_prev, x_cur, g_cur, f_cur = x_cur, x_next, g_next, f_next
-        if k in checkpoints:
-            window = k - last_check
-            cond1 = successes < rho * window
-            cond2 = tf.logical_and(tf.equal(eta, eta_at_check), tf.equal(f_best, f_best_at_check))
-            halve = tf.logical_or(cond1, cond2)
-            eta_at_check = eta
-            eta = tf.where(halve, eta / 2.0, eta)
-            x_cur = tf.where(halve, x_best, x_cur)
-            g_cur = tf.where(halve, g_best, g_cur)
-            successes = tf.zeros_like(successes)
-            last_check, f_best_at_check = k, f_best
+        # At a checkpoint: halve the step if too few steps raised the loss, or if neither the
+        # step nor the best loss changed since the last checkpoint; then restart from the best.
+        at_check = tf.reduce_any(tf.equal(k, checkpoints))
+        window = tf.cast(k - last_check, tf.float32)
+        cond1 = successes < rho * window
+        cond2 = tf.logical_and(tf.equal(eta, eta_at_check), tf.equal(f_best, f_best_at_check))
+        halve = tf.logical_and(at_check, tf.logical_or(cond1, cond2))
+        eta_at_check = tf.where(at_check, eta, eta_at_check)
+        eta = tf.where(halve, eta / 2.0, eta)
+        x_cur = tf.where(halve, x_best, x_cur)
+        g_cur = tf.where(halve, g_best, g_cur)
+        successes = tf.where(at_check, tf.zeros_like(successes), successes)
+        last_check = tf.where(at_check, k, last_check)
+        f_best_at_check = tf.where(at_check, f_best, f_best_at_check)
     return x_best

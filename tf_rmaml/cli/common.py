@@ -9,7 +9,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from tf_rmaml.config import DATASET_NAMES, DEFAULT_BACKBONES, DataConfig, TrainConfig
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.learner import MetaConfig
+from tf_rmaml.meta.robust import METHODS, OUTER_UPDATES, REGULARIZERS, TRAIN_ATTACKS, RobustConfig
 from tf_rmaml.models.backbones import BACKBONES, FINETUNE_MODES
 
 FLAGS = flags.FLAGS
@@ -55,6 +57,52 @@ def define_train_flags():
     flags.DEFINE_enum("strategy", "default", STRATEGIES,
                       "tf.distribute strategy: default (one device), mirrored (all local GPUs), multi_worker (TF_CONFIG).")
     flags.DEFINE_bool("deterministic", False, "Enable TensorFlow op determinism (bitwise-reproducible runs).")
+    define_robust_flags()
+
+
+def define_robust_flags():
+    flags.DEFINE_enum("method", "maml", METHODS,
+                      "maml; rmaml_out: robust regulariser in the meta-update only (the paper's proposal); rmaml_both: "
+                      "also in the inner loop; adml: Yin et al. 2018; aq: adversarial querying (Goldblum et al.).")
+    flags.DEFINE_enum("regularizer", "at", REGULARIZERS,
+                      "at: adversarial cross-entropy on the query; trades: KL(f(x) || f(x+delta)) over support, query "
+                      "and unlabeled images.")
+    flags.DEFINE_float("gamma_out", None, "Weight of the meta-update regulariser (default: 0.2 at, 5 trades).")
+    flags.DEFINE_float("gamma_in", 0.1, "Weight of the support regulariser in the inner loop (rmaml_both).")
+    flags.DEFINE_enum("train_attack", "fgsm_rs", TRAIN_ATTACKS, "Attack inside meta-training: one-step FGSM with "
+                      "random start (step 1.25 eps) or multi-step PGD.")
+    flags.DEFINE_float("train_eps", None, "Training attack radius in [0, 1] pixel units (default 2/255).")
+    flags.DEFINE_float("train_eps_255", None, "The training radius in 1/255 units (alternative to --train_eps).")
+    flags.DEFINE_integer("train_attack_steps", 7, "PGD steps of the training attack (--train_attack=pgd).")
+    flags.DEFINE_float("train_attack_step_size", None,
+                       "Training attack step in pixel units (default: 1.25 eps FGSM-RS, 2.5 eps / steps PGD).")
+    flags.DEFINE_enum("outer_update", "weighted_sum", OUTER_UPDATES,
+                      "weighted_sum: one Adam on clean + gamma_out * R (the paper); two_optimizers: a second Adam at "
+                      "--adv_meta_lr on R (the official code's AT update).")
+    flags.DEFINE_float("adv_meta_lr", 2e-4, "Learning rate of the robust term's Adam (--outer_update=two_optimizers).")
+    flags.DEFINE_string("unlabeled_source", "none",
+                        "Unlabeled images for the TRADES term: none, split (images of the meta-train split), or the "
+                        "path of an .npz ('images' uint8 [N,H,W,C]) or of a folder of images.")
+    flags.DEFINE_enum("unlabeled_classes", "task", ("task", "other"),
+                      "With --unlabeled_source=split: draw from the task's own classes (never the episode's images) "
+                      "or from other classes.")
+    flags.DEFINE_integer("unlabeled_per_class", 20, "Unlabeled images per task class (the paper's code: 20).")
+
+
+def robust_config_from_flags():
+    if FLAGS.train_eps is not None and FLAGS.train_eps_255 is not None:
+        raise ConfigError("Give --train_eps or --train_eps_255, not both.")
+    eps = 2 / 255
+    if FLAGS.train_eps_255 is not None:
+        eps = FLAGS.train_eps_255 / 255
+    elif FLAGS.train_eps is not None:
+        eps = FLAGS.train_eps
+    return RobustConfig(
+        method=FLAGS.method, regularizer=FLAGS.regularizer, gamma_out=FLAGS.gamma_out, gamma_in=FLAGS.gamma_in,
+        train_attack=FLAGS.train_attack, train_eps=eps, train_attack_steps=FLAGS.train_attack_steps,
+        train_attack_step_size=FLAGS.train_attack_step_size, outer_update=FLAGS.outer_update,
+        adv_meta_lr=FLAGS.adv_meta_lr,
+    )
 
 
 def resolve_jit_compile(value):
@@ -68,13 +116,16 @@ def train_config_from_flags():
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, ways=FLAGS.ways,
         shots=FLAGS.shots, queries=FLAGS.queries, image_size=FLAGS.image_size,
         omniglot_split=FLAGS.omniglot_split, omniglot_rotations=FLAGS.omniglot_rotations, download=FLAGS.download,
+        unlabeled_source=FLAGS.unlabeled_source, unlabeled_classes=FLAGS.unlabeled_classes,
+        unlabeled_per_class=FLAGS.unlabeled_per_class,
     )
     meta = MetaConfig(
         inner_steps=FLAGS.inner_steps, inner_steps_test=FLAGS.inner_steps_test, inner_lr=FLAGS.inner_lr,
         first_order=FLAGS.first_order, finetune=FLAGS.finetune, finetune_test=FLAGS.finetune_test or FLAGS.finetune,
     )
     return TrainConfig(
-        data=data, meta=meta, backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
+        data=data, meta=meta, robust=robust_config_from_flags(),
+        backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
         meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, meta_lr_decay_steps=FLAGS.meta_lr_decay_steps,
         max_steps=FLAGS.max_steps, seed=FLAGS.seed,
         eval_seed=FLAGS.eval_seed, jit_compile=resolve_jit_compile(FLAGS.jit_compile), eval_every=FLAGS.eval_every,

@@ -43,6 +43,8 @@ flags.DEFINE_enum("attack_at", "all", ("all", "last"), "Measure RA after every f
 flags.DEFINE_enum("attack_target", "query", ("query", "support", "both"),
                   "query: attack the query set after clean fine-tuning (the paper); support: perturb the support set "
                   "before fine-tuning, through the unrolled fine-tuning; both: report the two.")
+flags.DEFINE_integer("tasks_per_call", 8, "Tasks evaluated together in one compiled call (speed only; "
+                     "results do not depend on it).")
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
 flags.mark_flag_as_required("train_dir")
 
@@ -97,12 +99,15 @@ def main(argv):
 
     if FLAGS.num_tasks < 1:
         raise ConfigError(f"--num_tasks must be >= 1, got {FLAGS.num_tasks}.")
+    if FLAGS.tasks_per_call < 1:
+        raise ConfigError(f"--tasks_per_call must be >= 1, got {FLAGS.tasks_per_call}.")
     attack, eps_list, support_attack = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
     results = evaluate_run(
         FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
         inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries, data_dir=FLAGS.data_dir,
         cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
         eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
+        tasks_per_call=FLAGS.tasks_per_call,
     )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

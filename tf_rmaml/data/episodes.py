@@ -96,6 +96,70 @@ def make_episode(images, classes, image_ids, spec):
     }
 
 
+UNLABELED_CLASSES = ("task", "other")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlabeledSpec:
+    """Unlabeled images added to every episode as `unlabeled_x` (for the TRADES term only).
+
+    Attributes:
+      per_class: images per task class (`ways * per_class` per task; the paper's code: 20).
+      classes: with images from the split itself, "task" draws from the task's own (global)
+        classes, never an image of the episode; "other" from `ways` classes not in the task.
+      pool: optional uint8 `[N, H, W, ch]` of outside images (a user's folder or .npz);
+        then `ways * per_class` of them are drawn per task, and `classes` does not apply.
+    """
+
+    per_class: int = 20
+    classes: str = "task"
+    pool: object = None
+
+    def check(self, num_classes, per_class, spec, image_shape):
+        if self.per_class < 1:
+            raise DataError(f"--unlabeled_per_class must be >= 1, got {self.per_class}.")
+        if self.pool is not None:
+            pool = self.pool
+            if pool.dtype != np.uint8 or pool.ndim != 4 or tuple(pool.shape[1:]) != tuple(image_shape):
+                raise DataError(
+                    f"Unlabeled images must be uint8 [N, {', '.join(map(str, image_shape))}] like the dataset's, "
+                    f"got {pool.dtype} {pool.shape}; resize them to the dataset's image size.")
+            if spec.ways * self.per_class > pool.shape[0]:
+                raise DataError(f"{pool.shape[0]} unlabeled images are fewer than ways x --unlabeled_per_class = "
+                                f"{spec.ways * self.per_class}; lower --unlabeled_per_class.")
+            return
+        if self.classes not in UNLABELED_CLASSES:
+            raise DataError(f"--unlabeled_classes must be one of {', '.join(UNLABELED_CLASSES)}, got {self.classes!r}.")
+        if self.classes == "task" and self.per_class > per_class - spec.shots - spec.queries:
+            raise DataError(
+                f"--unlabeled_per_class={self.per_class} is more than the {per_class - spec.shots - spec.queries} "
+                f"images per class left after shots and queries; lower it or use --unlabeled_classes=other.")
+        if self.classes == "other" and (num_classes < 2 * spec.ways or self.per_class > per_class):
+            raise DataError(
+                f"--unlabeled_classes=other needs >= {2 * spec.ways} classes and --unlabeled_per_class <= {per_class}.")
+
+
+def unlabeled_indices(seed, classes, image_ids, num_classes, per_class, unlabeled):
+    """Which split images are a task's unlabeled images: `(class ids [U], image ids [U])`.
+
+    "task": for each task class, `per_class` images of that class outside the episode.
+    "other": `ways` classes outside the task, `per_class` images each.
+    """
+    ways = classes.shape[0]
+    class_seed, image_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if unlabeled.classes == "task":
+        pool_classes = classes
+        used = tf.reduce_any(tf.equal(image_ids[:, :, None], tf.range(per_class)[None, None]), axis=1)  # [ways, P]
+        keys = tf.where(used, -1.0, tf.random.stateless_uniform([ways, per_class], seed=image_seed))
+    else:
+        in_task = tf.reduce_any(tf.equal(classes[:, None], tf.range(num_classes)[None]), axis=0)
+        class_keys = tf.where(in_task, -1.0, tf.random.stateless_uniform([num_classes], seed=class_seed))
+        pool_classes = tf.math.top_k(class_keys, k=ways).indices
+        keys = tf.random.stateless_uniform([ways, per_class], seed=image_seed)
+    ids = tf.math.top_k(keys, k=unlabeled.per_class).indices  # [ways, per_class]
+    return tf.repeat(pool_classes, unlabeled.per_class), tf.reshape(ids, [-1])
+
+
 class EpisodeSource:
     """Episodes of one split of a dataset.
 
@@ -104,6 +168,7 @@ class EpisodeSource:
       split: "train", "val" or "test" (part of every episode's seed).
       spec: the `EpisodeSpec`.
       seed: the run's integer seed.
+      unlabeled: optional `UnlabeledSpec`: episodes then carry `unlabeled_x`.
 
     Example:
       source = EpisodeSource(data.images, "train", EpisodeSpec(5, 1, 15), seed=0)
@@ -111,7 +176,7 @@ class EpisodeSource:
       ds = source.dataset(start=0, stop=1000, tasks_per_element=4)  # meta-batches
     """
 
-    def __init__(self, images, split, spec, seed):
+    def __init__(self, images, split, spec, seed, unlabeled=None):
         if split not in SPLIT_IDS:
             raise DataError(f"Unknown split {split!r}; use one of {sorted(SPLIT_IDS)}.")
         images = np.asarray(images)
@@ -123,9 +188,15 @@ class EpisodeSource:
         spec.check(self.num_classes, self.per_class, split)
         self.split, self.spec, self.seed = split, spec, int(seed)
         self.image_shape = tuple(int(d) for d in images.shape[2:])
+        self.unlabeled = unlabeled
+        if unlabeled is not None:
+            unlabeled.check(self.num_classes, self.per_class, spec, self.image_shape)
         with tf.device("/cpu:0"):
             # A variable, not a constant: tf.data then captures a handle, not 1 GB of graph.
             self._images = tf.Variable(images, trainable=False, name=f"{split}_images")
+            self._pool = None
+            if unlabeled is not None and unlabeled.pool is not None:
+                self._pool = tf.Variable(np.asarray(unlabeled.pool), trainable=False, name=f"{split}_unlabeled")
 
     def indices(self, index):
         return episode_indices(self.seed, self.split, index, self.num_classes, self.per_class, self.spec)
@@ -133,7 +204,19 @@ class EpisodeSource:
     def episode(self, index):
         """The episode with this index (a dict, see `make_episode`)."""
         classes, ids = self.indices(index)
-        return make_episode(self._images, classes, ids, self.spec)
+        episode = make_episode(self._images, classes, ids, self.spec)
+        if self.unlabeled is not None:
+            seed = tf.random.experimental.stateless_fold_in(episode_seed(self.seed, self.split, index), 7)
+            if self._pool is not None:
+                keys = tf.random.stateless_uniform([tf.shape(self._pool)[0]], seed=seed)
+                picked = tf.gather(self._pool, tf.math.top_k(keys, k=self.spec.ways * self.unlabeled.per_class).indices)
+            else:
+                u_classes, u_ids = unlabeled_indices(seed, classes, ids, self.num_classes, self.per_class,
+                                                     self.unlabeled)
+                picked = tf.gather_nd(self._images, tf.stack([u_classes, u_ids], axis=-1))
+                episode["unlabeled_classes"] = u_classes
+            episode["unlabeled_x"] = tf.cast(picked, tf.float32) * (1.0 / 255.0)
+        return episode
 
     def dataset(self, start, stop, tasks_per_element=None, prefetch=2):
         """Episodes `start, ..., stop - 1` as a `tf.data.Dataset`.

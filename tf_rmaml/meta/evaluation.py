@@ -49,10 +49,12 @@ class FineTuneEvaluator:
       jit_compile: compile the per-task function with XLA.
       surrogate: a second model of the same architecture; attacks with target "transfer" are
         computed on it (fine-tuned on the same support) and applied to `model` (black box).
+      tasks_per_call: tasks evaluated by one call of the compiled function (a `tf.map_fn`
+        whose iterations run in parallel); results do not depend on it.
     """
 
     def __init__(self, model, *, steps, lr, mask, attacks=(), attack_at="all", bn_mode="batch", seed=0,
-                 jit_compile=False, surrogate=None):
+                 jit_compile=False, surrogate=None, tasks_per_call=8):
         if bn_mode not in ("batch", "running"):
             raise ConfigError(f"--bn_mode must be batch or running, got {bn_mode!r}.")
         if attack_at not in ("all", "last"):
@@ -63,7 +65,17 @@ class FineTuneEvaluator:
         self.surrogate = surrogate
         if surrogate is None and any(a.target == "transfer" for a in self.attacks):
             raise ConfigError("Transfer attacks need a surrogate model.")
-        self._task_fn = tf.function(self._task, jit_compile=jit_compile)
+        if tasks_per_call < 1:
+            raise ConfigError(f"tasks_per_call must be >= 1, got {tasks_per_call}.")
+        self.tasks_per_call = int(tasks_per_call)
+        self._batch_fn = tf.function(self._batch, jit_compile=jit_compile)
+
+    def _batch(self, support_x, support_y, query_x, query_y, index):
+        """`_task` over a leading task axis; independent tasks run as parallel iterations."""
+        return tf.map_fn(
+            lambda args: self._task(*args), (support_x, support_y, query_x, query_y, index),
+            fn_output_signature=(tf.bool, tf.bool), parallel_iterations=self.tasks_per_call,
+        )
 
     def _task(self, support_x, support_y, query_x, query_y, index):
         training = self.bn_mode == "batch"
@@ -124,7 +136,8 @@ class FineTuneEvaluator:
         return inner_loop.forward(self.model, fast, state, query_x, training=training)[0]
 
     def evaluate(self, episodes, progress=None):
-        """Evaluates every task of an iterable of single-task dicts.
+        """Evaluates every task of an iterable of single-task dicts (in order; task `i` of the
+        iterable gets attack seed `fold_in(seed, i)`).
 
         Returns a dict: `sa` and `sa_ci95` after the last step, `sa_per_step` and
         `sa_ci95_per_step` (lists of steps + 1), `num_tasks`; with attacks also `ra`,
@@ -133,14 +146,17 @@ class FineTuneEvaluator:
         RA counts a query as robust only if it is correct clean and under every run of the attack.
         """
         sa, ra, clean_last, robust_last = [], [], [], []
-        for index, task in enumerate(episodes):
-            clean, robust = self._task_fn(task["support_x"], task["support_y"], task["query_x"], task["query_y"],
-                                          tf.constant(index, tf.int64))
-            clean, robust = clean.numpy(), robust.numpy()
-            sa.append(clean.mean(-1))
-            ra.append(robust.mean(-1))  # [attacks, steps + 1]
-            clean_last.append(clean[-1].sum())
-            robust_last.append(robust[:, -1].sum(-1))
+        for batch, count in _batches(episodes, self.tasks_per_call):
+            # A short last batch is padded with copies of its last task (one trace for all
+            # calls); the copies' results are dropped.
+            index = tf.minimum(tf.range(len(sa), len(sa) + self.tasks_per_call, dtype=tf.int64), len(sa) + count - 1)
+            cleans, robusts = self._batch_fn(batch["support_x"], batch["support_y"], batch["query_x"],
+                                             batch["query_y"], index)
+            for clean, robust in zip(cleans.numpy()[:count], robusts.numpy()[:count]):
+                sa.append(clean.mean(-1))
+                ra.append(robust.mean(-1))  # [attacks, steps + 1]
+                clean_last.append(clean[-1].sum())
+                robust_last.append(robust[:, -1].sum(-1))
             if progress is not None:
                 progress(len(sa))
         if not sa:
@@ -176,3 +192,19 @@ class FineTuneEvaluator:
         out["attack"] = {k: v for k, v in head.items() if not k.startswith("ra")}
         out["attacks"] = entries
         return out
+
+
+def _batches(episodes, size):
+    """Yields `(batch, count)`: `size` consecutive single-task dicts stacked, of which the
+    first `count` are real (a short last chunk is padded with copies of its last task)."""
+    keys = ("support_x", "support_y", "query_x", "query_y")
+    chunk = []
+    for task in episodes:
+        chunk.append(task)
+        if len(chunk) == size:
+            yield {k: tf.stack([t[k] for t in chunk]) for k in keys}, size
+            chunk = []
+    if chunk:
+        count = len(chunk)
+        chunk += [chunk[-1]] * (size - count)
+        yield {k: tf.stack([t[k] for t in chunk]) for k in keys}, count

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
+from tf_rmaml.meta.robust import RobustConfig, task_terms
 from tf_rmaml.models.backbones import FINETUNE_MODES, finetune_mask
 
 
@@ -43,10 +44,11 @@ class MetaConfig:
 
 
 TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
+OPTIONAL_TASK_KEYS = ("unlabeled_x",)
 
 
 class MetaLearner:
-    """Second-order (or first-order) MAML on a Keras model.
+    """Second-order (or first-order) MAML, and its robust variants, on a Keras model.
 
     Args:
       model: a built Keras model (see `tf_rmaml.models.build_backbone`).
@@ -55,6 +57,10 @@ class MetaLearner:
       meta_batch: the global number of tasks per meta-update.
       strategy: a `tf.distribute.Strategy` (default: the current one).
       jit_compile: compile the per-replica gradient computation with XLA.
+      robust: `RobustConfig` (default: plain MAML).
+      adv_optimizer: the second optimizer of `outer_update="two_optimizers"`.
+      seed: the run's seed; the training attacks of task `t` at meta-iteration `s` use
+        `fold_in(fold_in([seed, 4242], s), t)`, so a resumed run attacks as an unbroken one.
 
     Example:
       learner = MetaLearner(model, MetaConfig(inner_steps=5), keras.optimizers.Adam(1e-3), meta_batch=4)
@@ -62,8 +68,14 @@ class MetaLearner:
       learner.apply(grads, state)
     """
 
-    def __init__(self, model, config, optimizer, *, meta_batch, strategy=None, jit_compile=False):
+    def __init__(self, model, config, optimizer, *, meta_batch, strategy=None, jit_compile=False, robust=None,
+                 adv_optimizer=None, seed=0):
         self.model, self.config, self.optimizer = model, config, optimizer
+        self.robust = robust or RobustConfig()
+        self.two_optimizers = self.robust.outer_update == "two_optimizers"
+        if self.two_optimizers and adv_optimizer is None:
+            raise ConfigError("outer_update='two_optimizers' needs adv_optimizer.")
+        self.adv_optimizer, self.seed = adv_optimizer, int(seed)
         self.meta_batch = int(meta_batch)
         self.strategy = strategy or tf.distribute.get_strategy()
         if self.meta_batch % self.strategy.num_replicas_in_sync:
@@ -78,39 +90,57 @@ class MetaLearner:
         self._apply = tf.function(self._apply_fn)
 
     # ---- the maths of one task -------------------------------------------------
-    def task_loss(self, params, state, task):
-        """Meta-loss of one task: query cross-entropy at the adapted weights.
+    def task_terms(self, params, state, task, seed=None):
+        """`(clean, robust, metrics, new_state)` of one task (see `tf_rmaml.meta.robust`)."""
+        seed = tf.zeros([2], tf.int64) if seed is None else seed
+        return task_terms(self.model, params, state, task, self.config, self.robust, self.mask, seed)
+
+    def task_loss(self, params, state, task, seed=None):
+        """Meta-loss of one task: for MAML the query cross-entropy at the adapted weights;
+        for the robust methods the weighted sum of `RobustConfig.weights`.
 
         Returns `(loss, metrics, new_state)`.
         """
-        cfg = self.config
-        fast, state, support_losses = inner_loop.adapt(
-            self.model, params, state, task["support_x"], task["support_y"],
-            steps=cfg.inner_steps, lr=cfg.inner_lr, mask=self.mask, first_order=cfg.first_order,
-        )
-        logits, state = inner_loop.forward(self.model, fast, state, task["query_x"])
-        loss = inner_loop.cross_entropy(logits, task["query_y"])
-        metrics = {"meta_loss": loss, "query_acc_after": inner_loop.accuracy(logits, task["query_y"])}
-        if support_losses:
-            metrics["support_loss_before"] = support_losses[0]
+        clean, robust, metrics, state = self.task_terms(params, state, task, seed)
+        wc, wr = self.robust.weights
+        loss = wc * clean + wr * robust if self.robust.method != "maml" else clean
+        metrics = dict(metrics, meta_loss=loss)
+        if self.robust.method != "maml":
+            metrics.update(clean_loss=clean, robust_loss=robust)
         return loss, metrics, state
 
     # ---- pure: gradients of a meta-batch --------------------------------------
-    def _replica_grads_fn(self, batch):
+    def _replica_grads_fn(self, batch, step=0):
         # The tf.Variables behind the Keras variables: what tapes and stateless_call take.
         params = [v.value for v in self.model.trainable_variables]
         state = [v.value for v in self.model.non_trainable_variables]
         tasks = batch["support_x"].shape[0]
-        grads = [tf.zeros_like(p) for p in params]
+        grads = [tf.zeros_like(p) for p in params] * (2 if self.two_optimizers else 1)
         sums, new_state = {}, [tf.zeros_like(s) for s in state]
+        replica = tf.distribute.get_replica_context()
+        replica_id = tf.cast(replica.replica_id_in_sync_group if replica else 0, tf.int64)
+        step_seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([self.seed, 4242], tf.int64), tf.cast(step, tf.int64))
+        wc, wr = self.robust.weights
         # Python loop over this replica's tasks: each task is an independent subgraph
         # (measured faster than tf.vectorized_map), and its tape is freed after use.
         for t in range(tasks):
-            task = {k: batch[k][t] for k in TASK_KEYS}
-            with tf.GradientTape() as tape:
-                loss, metrics, task_state = self.task_loss(params, state, task)
+            task = {k: batch[k][t] for k in TASK_KEYS + OPTIONAL_TASK_KEYS if k in batch}
+            seed = tf.random.experimental.stateless_fold_in(step_seed, replica_id * tasks + t)
+            with tf.GradientTape(persistent=self.two_optimizers) as tape:
+                loss, metrics, task_state = self.task_loss(params, state, task, seed)
                 scaled = loss / self.meta_batch
-            task_grads = tape.gradient(scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                if self.two_optimizers:
+                    clean_scaled = wc * metrics["clean_loss"] / self.meta_batch
+                    robust_scaled = wr * metrics["robust_loss"] / self.meta_batch
+            if self.two_optimizers:
+                # The official code's update: the clean and the robust gradients, both at the
+                # current weights, feed two Adam optimizers (the robust one at --adv_meta_lr).
+                task_grads = tape.gradient(clean_scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                task_grads += tape.gradient(robust_scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                del tape
+            else:
+                task_grads = tape.gradient(scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             grads = [g + tg for g, tg in zip(grads, task_grads)]
             logits_before, _ = inner_loop.forward(self.model, params, state, task["query_x"])
             metrics["query_acc_before"] = inner_loop.accuracy(logits_before, task["query_y"])
@@ -120,8 +150,10 @@ class MetaLearner:
         return grads, sums, new_state
 
     def _compute_fn(self, batch):
-        def replica_fn(local_batch):
-            grads, sums, state = self._replica_grads(local_batch)
+        step = tf.convert_to_tensor(self.optimizer.iterations)
+
+        def replica_fn(local_batch, step):
+            grads, sums, state = self._replica_grads(local_batch, step)
             ctx = tf.distribute.get_replica_context()
             return (
                 ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads),
@@ -129,7 +161,7 @@ class MetaLearner:
                 ctx.all_reduce(tf.distribute.ReduceOp.SUM, state),
             )
 
-        grads, sums, state = self.strategy.run(replica_fn, args=(batch,))
+        grads, sums, state = self.strategy.run(replica_fn, args=(batch, step))
         first = self.strategy.experimental_local_results
         grads, sums, state = [first(g)[0] for g in grads], {k: first(v)[0] for k, v in sums.items()}, [first(s)[0] for s in state]
         sums["grad_norm"] = tf.cast(tf.linalg.global_norm(grads), tf.float32)
@@ -144,7 +176,8 @@ class MetaLearner:
 
         Returns:
           `(grads, metrics, state)`: gradients aligned with
-          `model.trainable_variables` (already averaged over the global meta-batch),
+          `model.trainable_variables` (already averaged over the global meta-batch;
+          with two optimizers, the clean gradients followed by the robust ones),
           a dict of scalar metrics averaged over tasks (`meta_loss`,
           `query_acc_before`, `query_acc_after`, `support_loss_before`, `grad_norm`),
           and the tasks' mean BN moving statistics.
@@ -155,7 +188,10 @@ class MetaLearner:
     def _apply_fn(self, grads, state):
         # Cross-replica context: the gradients are already all-reduced, so every copy of a
         # mirrored variable receives the same update.
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(grads[: len(variables)], variables))
+        if self.two_optimizers:
+            self.adv_optimizer.apply_gradients(zip(grads[len(variables):], variables))
         for var, value in zip(self.model.non_trainable_variables, state):
             var.assign(value)
 
