@@ -1,4 +1,5 @@
-"""Seconds per meta-iteration and peak memory of MAML for the three benchmark settings.
+"""Seconds per meta-iteration and peak memory of MAML (and the robust methods) for the three
+benchmark settings; attacked query images per second of the robust evaluation.
 
 Each measurement runs in its own process (so peak RSS is its own), on random images
 of the right shape (speed does not depend on pixel values, and MiniImageNet images
@@ -8,6 +9,9 @@ tasks, 5 inner steps, and each dataset's network.
 Usage:
   python scripts/benchmark.py                 # all settings x {graph, xla} x {second, first} order
   python scripts/benchmark.py --settings=omniglot --modes=graph --orders=second --steps=30
+  python scripts/benchmark.py --settings=omniglot --modes=graph --orders=second \
+      --methods=maml,rmaml_out_at,rmaml_out_trades,rmaml_both_at,adml,aq   # cost per method
+  python scripts/benchmark.py --eval --settings=omniglot --tasks_per_call=1,8   # attacked queries / s
 Prints a markdown table (paste into docs/performance.md).
 """
 
@@ -26,7 +30,47 @@ SETTINGS = {
 }
 
 
-def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps):
+# name: RobustConfig arguments (training eps 8/255, the paper's gammas).
+METHODS = {
+    "maml": {},
+    "rmaml_out_at": {"method": "rmaml_out", "regularizer": "at"},
+    "rmaml_out_at_pgd": {"method": "rmaml_out", "regularizer": "at", "train_attack": "pgd", "train_attack_steps": 10},
+    "rmaml_out_trades": {"method": "rmaml_out", "regularizer": "trades"},
+    "rmaml_both_at": {"method": "rmaml_both", "regularizer": "at"},
+    "adml": {"method": "adml", "regularizer": "at"},
+    "aq": {"method": "aq", "regularizer": "at", "train_attack": "pgd", "train_attack_steps": 7},
+}
+
+
+def measure_eval(setting, tasks_per_call, num_tasks, attack_steps):
+    """Attacked query images per second: fine-tune 10 steps, PGD on the 75 queries (child process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from tf_rmaml.attacks.evaluation import AttackConfig
+    from tf_rmaml.data.episodes import EpisodeSource, EpisodeSpec
+    from tf_rmaml.meta.evaluation import FineTuneEvaluator
+    from tf_rmaml.models.backbones import build_backbone, finetune_mask
+
+    backbone, shape, classes = SETTINGS[setting]
+    images = np.random.default_rng(0).integers(0, 256, size=(classes, 40) + shape, dtype=np.uint8)
+    source = EpisodeSource(images, "test", EpisodeSpec(5, 1, 15), seed=0)
+    model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
+    attack = AttackConfig("pgd", eps=8 / 255, steps=attack_steps, step_size=2 / 255)
+    evaluator = FineTuneEvaluator(model, steps=10, lr=0.01, mask=finetune_mask(model), attacks=[attack],
+                                  attack_at="last", tasks_per_call=tasks_per_call)
+    t0 = time.perf_counter()
+    evaluator.evaluate(source.dataset(0, tasks_per_call))  # tracing
+    first_call = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluator.evaluate(source.dataset(0, num_tasks))
+    seconds = time.perf_counter() - t0
+    return {"setting": setting, "tasks_per_call": tasks_per_call, "num_tasks": num_tasks,
+            "attack": f"PGD-{attack_steps}", "tasks_per_second": num_tasks / seconds,
+            "queries_per_second": num_tasks * 75 / seconds, "first_call_seconds": first_call}
+
+
+def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method="maml"):
     """Runs in the child process; returns a dict of measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
@@ -36,6 +80,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps):
 
     from tf_rmaml.data.episodes import EpisodeSource, EpisodeSpec
     from tf_rmaml.meta.learner import MetaConfig, MetaLearner
+    from tf_rmaml.meta.robust import RobustConfig
     from tf_rmaml.models.backbones import build_backbone
 
     backbone, shape, classes = SETTINGS[setting]
@@ -46,7 +91,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps):
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
     learner = MetaLearner(
         model, MetaConfig(inner_steps=inner_steps, first_order=order == "first"), optimizer,
-        meta_batch=meta_batch, jit_compile=mode == "xla",
+        meta_batch=meta_batch, jit_compile=mode == "xla", robust=RobustConfig(train_eps=8 / 255, **METHODS[method]),
     )
     batches = iter(source.dataset(0, (steps + warmup + 1) * meta_batch, meta_batch))
 
@@ -66,7 +111,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps):
         one_step()
         times.append(time.perf_counter() - t0)
     return {
-        "setting": setting, "backbone": backbone, "mode": mode, "order": order,
+        "setting": setting, "backbone": backbone, "mode": mode, "order": order, "method": method,
         "seconds_per_iteration": float(np.median(times)),
         "seconds_p90": float(np.percentile(times, 90)),
         "first_call_seconds": first_call,
@@ -84,32 +129,60 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--meta_batch", type=int, default=4)
     parser.add_argument("--inner_steps", type=int, default=5)
+    parser.add_argument("--methods", default="maml", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--eval", action="store_true", help="measure the robust evaluation instead")
+    parser.add_argument("--tasks_per_call", default="1,8")
+    parser.add_argument("--eval_tasks", type=int, default=64)
+    parser.add_argument("--attack_steps", type=int, default=10)
     parser.add_argument("--json_out", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        setting, mode, order = args.child.split(":")
-        print(json.dumps(measure(setting, mode, order, args.steps, args.warmup, args.meta_batch, args.inner_steps)))
+        kind, *rest = args.child.split(":")
+        if kind == "eval":
+            setting, tasks_per_call = rest
+            print(json.dumps(measure_eval(setting, int(tasks_per_call), args.eval_tasks, args.attack_steps)))
+        else:
+            setting, mode, order, method = rest
+            print(json.dumps(measure(setting, mode, order, args.steps, args.warmup, args.meta_batch, args.inner_steps,
+                                     method)))
         return
-    rows = []
+    children = []
     for setting in args.settings.split(","):
         if setting not in SETTINGS:
             sys.exit(f"Unknown setting {setting!r}; choose from {', '.join(SETTINGS)}.")
-        for mode in args.modes.split(","):
-            for order in args.orders.split(","):
-                cmd = [sys.executable, __file__, f"--child={setting}:{mode}:{order}", f"--steps={args.steps}",
-                       f"--warmup={args.warmup}", f"--meta_batch={args.meta_batch}", f"--inner_steps={args.inner_steps}"]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"{setting}/{mode}/{order} failed:\n{out.stderr[-3000:]}")
-                row = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{setting:13s} {mode:5s} {order:6s} {row['seconds_per_iteration']:.3f} s/it", file=sys.stderr)
-    print("| setting | backbone | mode | order | s / meta-iteration (median) | p90 | first call (s) | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['setting']} | {r['backbone']} | {r['mode']} | {r['order']} | {r['seconds_per_iteration']:.3f} | "
-              f"{r['seconds_p90']:.3f} | {r['first_call_seconds']:.1f} | {r['peak_rss_mib']:.0f} |")
+        if args.eval:
+            children += [f"eval:{setting}:{int(b)}" for b in args.tasks_per_call.split(",")]
+            continue
+        for method in args.methods.split(","):
+            if method not in METHODS:
+                sys.exit(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
+            children += [f"train:{setting}:{mode}:{order}:{method}"
+                         for mode in args.modes.split(",") for order in args.orders.split(",")]
+    rows = []
+    for child in children:
+        cmd = [sys.executable, __file__, f"--child={child}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+               f"--meta_batch={args.meta_batch}", f"--inner_steps={args.inner_steps}",
+               f"--eval_tasks={args.eval_tasks}", f"--attack_steps={args.attack_steps}"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{child} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(child, rows[-1], file=sys.stderr)
+    if args.eval:
+        print("| setting | attack | tasks per call | tasks / s | attacked queries / s | first call (s) |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['setting']} | {r['attack']} | {r['tasks_per_call']} | {r['tasks_per_second']:.2f} | "
+                  f"{r['queries_per_second']:.0f} | {r['first_call_seconds']:.1f} |")
+    else:
+        print("| setting | backbone | method | mode | order | s / meta-iteration (median) | p90 | first call (s) "
+              "| peak RSS (MiB) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['setting']} | {r['backbone']} | {r['method']} | {r['mode']} | {r['order']} | "
+                  f"{r['seconds_per_iteration']:.3f} | {r['seconds_p90']:.3f} | {r['first_call_seconds']:.1f} | "
+                  f"{r['peak_rss_mib']:.0f} |")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -115,3 +115,14 @@ def test_attacks_compile_in_tf_function_and_xla():
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="Unknown attack loss"):
         core.per_example_loss(tf.zeros([2, 3]), tf.zeros([2], tf.int32), "hinge")
+
+
+def test_apgd_counts_an_example_fooled_at_any_iterate():
+    logits_fn = _mlp_model(seed=2)
+    x, y = _data(seed=3)
+    x_best, fooled = core.apgd(logits_fn, x, y, EPS, steps=20, seed=SEED, loss="ce", return_fooled=True)
+    wrong_at_best = tf.not_equal(tf.argmax(logits_fn(x_best), -1, output_type=tf.int32), y).numpy()
+    fooled = fooled.numpy()
+    # Every example the returned point fools is in `fooled`; `fooled` can only add to it.
+    assert np.all(fooled[wrong_at_best]) and fooled.sum() >= wrong_at_best.sum()
+    np.testing.assert_array_equal(x_best, core.apgd(logits_fn, x, y, EPS, steps=20, seed=SEED, loss="ce"))

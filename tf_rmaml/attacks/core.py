@@ -74,9 +74,10 @@ def random_start(x, eps, seed, norm="linf"):
 def _gradient(logits_fn, x_adv, target, loss):
     with tf.GradientTape() as tape:
         tape.watch(x_adv)
-        losses = per_example_loss(logits_fn(x_adv), target, loss)
+        logits = logits_fn(x_adv)
+        losses = per_example_loss(logits, target, loss)
         total = tf.reduce_sum(losses)
-    return tape.gradient(total, x_adv), losses
+    return tape.gradient(total, x_adv), losses, logits
 
 
 def ascent_direction(grad, norm):
@@ -102,7 +103,7 @@ def fgsm(logits_fn, x, target, eps, *, seed=None, rand_init=False, step_size=Non
     if step_size is None:
         step_size = 1.25 * eps if rand_init else eps
     x_adv = random_start(x, eps, seed) if rand_init else x
-    grad, _ = _gradient(logits_fn, x_adv, target, loss)
+    grad, _, _ = _gradient(logits_fn, x_adv, target, loss)
     return project(x_adv + step_size * tf.sign(grad), x, eps)
 
 
@@ -155,7 +156,7 @@ def trades_attack(logits_fn, x, eps, *, seed, steps=1, step_size=None, clean_pro
     return pgd(logits_fn, x, clean_probs, eps, steps=steps, step_size=step_size, seed=seed, loss="kl")
 
 
-def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75, alpha=0.75):
+def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75, alpha=0.75, return_fooled=False):
     """APGD (Croce & Hein, 2020), L-inf, one restart.
 
     Step size starts at 2 eps and is halved at checkpoints w_j (p_0 = 0, p_1 = 0.22,
@@ -164,6 +165,10 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
     loss did not improve; after a halving the iterate restarts from the best point. Momentum
     `alpha` = 0.75 mixes the projected step with the previous displacement. Tracks the best
     point per batch loss.
+
+    With `return_fooled` (labels only) also returns `[B]` bool: the example was misclassified at
+    some iterate. Every iterate is a valid perturbed batch, so, as AutoAttack does, an example
+    fooled at any of them is not robust.
     """
     steps = int(steps)
     # Checkpoints of the step-size schedule.
@@ -173,12 +178,20 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
     checkpoints = tf.constant(sorted({int(round(q * steps)) for q in p if 0 < q <= 1.0}), tf.int32)
 
     x0 = random_start(x, eps, seed) if seed is not None else tf.identity(x)
-    grad, losses = _gradient(logits_fn, x0, target, loss)
+    grad, losses, logits0 = _gradient(logits_fn, x0, target, loss)
     f0 = tf.reduce_sum(losses)
     eta = tf.constant(2.0 * eps, x.dtype)
     x1 = project(x0 + eta * tf.sign(grad), x, eps)
-    grad1, losses1 = _gradient(logits_fn, x1, target, loss)
+    grad1, losses1, logits1 = _gradient(logits_fn, x1, target, loss)
     f1 = tf.reduce_sum(losses1)
+    labels = tf.cast(target, tf.int32) if loss != "kl" else None
+
+    def wrong(logits):
+        if labels is None:
+            return tf.zeros(tf.shape(logits)[:1], tf.bool)
+        return tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+
+    fooled = tf.logical_or(wrong(logits0), wrong(logits1))
     better = f1 >= f0
     x_best = tf.where(better, x1, x0)
     f_best = tf.maximum(f1, f0)
@@ -190,8 +203,9 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
     for k in tf.range(1, steps):
         z = project(x_cur + eta * tf.sign(g_cur), x, eps)
         x_next = project(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev), x, eps)
-        g_next, losses_next = _gradient(logits_fn, x_next, target, loss)
+        g_next, losses_next, logits_next = _gradient(logits_fn, x_next, target, loss)
         f_next = tf.reduce_sum(losses_next)
+        fooled = tf.logical_or(fooled, wrong(logits_next))
         successes += tf.cast(f_next > f_cur, tf.float32)
         improved = f_next > f_best
         x_best = tf.where(improved, x_next, x_best)
@@ -212,4 +226,4 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
         successes = tf.where(at_check, tf.zeros_like(successes), successes)
         last_check = tf.where(at_check, k, last_check)
         f_best_at_check = tf.where(at_check, f_best, f_best_at_check)
-    return x_best
+    return (x_best, fooled) if return_fooled else x_best

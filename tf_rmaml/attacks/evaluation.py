@@ -76,31 +76,42 @@ class AttackConfig:
         }
 
 
-def perturb(logits_fn, x, y, config, run, seed):
-    """The perturbed batch of one run of an `AttackConfig`."""
+def _run(logits_fn, x, y, config, run, seed):
+    """`(x_adv, fooled)` of one run; `fooled` ([B] bool: misclassified at some iterate) or None."""
     kind, loss, steps, restart = run
     seed = tf.random.experimental.stateless_fold_in(seed, restart)
     eps = config.eps
     if kind == "noise":
-        return core.random_start(x, eps, seed, config.norm)
+        return core.random_start(x, eps, seed, config.norm), None
     if kind == "fgsm":
-        return core.fgsm(logits_fn, x, y, eps, loss=loss)
+        return core.fgsm(logits_fn, x, y, eps, loss=loss), None
     if kind == "fgsm_rs":
-        return core.fgsm_rs(logits_fn, x, y, eps, seed=seed, loss=loss)
+        return core.fgsm_rs(logits_fn, x, y, eps, seed=seed, loss=loss), None
     if kind == "pgd":
         return core.pgd(logits_fn, x, y, eps, steps=steps, step_size=config.step_size, seed=seed,
-                        norm=config.norm, loss=loss)
-    return core.apgd(logits_fn, x, y, eps, steps=steps, seed=seed, loss=loss)
+                        norm=config.norm, loss=loss), None
+    return core.apgd(logits_fn, x, y, eps, steps=steps, seed=seed, loss=loss, return_fooled=True)
+
+
+def perturb(logits_fn, x, y, config, run, seed):
+    """The perturbed batch of one run of an `AttackConfig`."""
+    return _run(logits_fn, x, y, config, run, seed)[0]
 
 
 def robust_correct(logits_fn, x, y, config, seed):
-    """`[B]` bool: correct on the clean batch and under every run of `config`."""
+    """`[B]` bool: correct on the clean batch and under every run of `config`.
+
+    APGD runs also count an example as fooled if any of their iterates misclassified it
+    (AutoAttack's bookkeeping); PGD is scored at its returned point, as the paper's protocol.
+    """
     y = tf.cast(y, tf.int32)
     correct = tf.equal(tf.argmax(logits_fn(x), -1, output_type=tf.int32), y)
     # No shortcut at eps = 0: the attack runs, and "RA(0) == SA" checks the machinery.
     for run in config.runs():
-        x_adv = perturb(logits_fn, x, y, config, run, seed)
+        x_adv, fooled = _run(logits_fn, x, y, config, run, seed)
         correct = tf.logical_and(correct, tf.equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), y))
+        if fooled is not None:
+            correct = tf.logical_and(correct, tf.logical_not(fooled))
     return correct
 
 
