@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train_cli import SMOKE, _cli, needs_data
+from test_train_cli import _cli, needs_data
 
 from tf_rmaml.config import TrainConfig
 from tf_rmaml.evaluate import restore_model
@@ -39,11 +39,9 @@ LOADER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    train_dir = str(tmp_path_factory.mktemp("export") / "run")
-    _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--max_steps=4", "--eval_every=0")
-    return train_dir
+@pytest.fixture
+def trained(smoke_run):
+    return smoke_run
 
 
 @needs_data
@@ -53,7 +51,7 @@ def test_saved_model_adapts_like_rmaml_eval_in_a_process_without_tf_rmaml(traine
     with open(os.path.join(export_dir, "export.json")) as f:
         meta = json.load(f)
     saved = os.path.join(export_dir, str(meta["version"]))
-    assert meta["version"] == 4 and os.path.exists(os.path.join(saved, "saved_model.pb"))
+    assert meta["version"] == 10 and os.path.exists(os.path.join(saved, "saved_model.pb"))
 
     # Fixed test episodes, and rmaml-eval's fine-tuning of them in this process.
     config = TrainConfig.load(trained)
@@ -102,7 +100,7 @@ def test_existing_export_dir_is_refused_unless_overwrite(trained, tmp_path):
     proc = _cli("export", f"--train_dir={trained}", f"--export_dir={export_dir}", check=False)
     assert proc.returncode != 0 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     _cli("export", f"--train_dir={trained}", f"--export_dir={export_dir}", "--overwrite")
-    assert (export_dir / "4" / "saved_model.pb").exists() and (export_dir / "model.keras").exists()
+    assert (export_dir / "10" / "saved_model.pb").exists() and (export_dir / "model.keras").exists()
 
 
 def test_export_from_an_empty_train_dir_is_a_clear_error(tmp_path):

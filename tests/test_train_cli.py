@@ -32,14 +32,6 @@ def _variables(train_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One run of flags/smoke.flags, shared by the tests that only read it."""
-    train_dir = str(tmp_path_factory.mktemp("smoke") / "run")
-    _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}")
-    return train_dir
-
-
 @needs_data
 def test_smoke_train_then_eval(smoke_run, tmp_path):
     train_dir = smoke_run
@@ -71,6 +63,14 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
     tags = set(acc.Tags()["tensors"])
     for tag in ("meta_loss", "query_acc_before", "query_acc_after", "iterations_per_second"):
         assert tag in tags, tags
+    # The HParams dashboard's record of the run, and clean/adversarial/perturbation images of the eval.
+    root = EventAccumulator(train_dir, size_guidance={"tensors": 0})
+    root.Reload()
+    assert "_hparams_/session_start_info" in root.Tags()["tensors"], root.Tags()
+    images = EventAccumulator(os.path.join(train_dir, "eval_test"), size_guidance={"tensors": 0})
+    images.Reload()
+    for tag in ("examples/clean", "examples/adversarial", "examples/perturbation", "ra"):
+        assert tag in images.Tags()["tensors"], images.Tags()
 
 
 @needs_data

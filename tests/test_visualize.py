@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train_cli import SMOKE, _cli, needs_data
+from test_train_cli import _cli, needs_data
 
 from tf_rmaml import visualize as vis
 from tf_rmaml.errors import ConfigError
@@ -54,9 +54,8 @@ def test_unit_outside_the_feature_is_a_clear_error():
 
 
 @needs_data
-def test_visualize_command_line(tmp_path):
-    train_dir = str(tmp_path / "run")
-    _cli("train", f"--flagfile={SMOKE}", f"--train_dir={train_dir}", "--max_steps=2", "--eval_every=0")
+def test_visualize_command_line(smoke_run, tmp_path):
+    train_dir = smoke_run
     out = tmp_path / "vis"
     _cli("visualize", f"--train_dir={train_dir}", f"--compare_dir={train_dir}", f"--out={out}", "--steps=20",
          "--units=1,5")

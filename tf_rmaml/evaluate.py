@@ -8,7 +8,9 @@ import tensorflow as tf
 from absl import logging
 
 from tf_rmaml.attacks.checks import check_attacks, run_checks
+from tf_rmaml.attacks.evaluation import perturb
 from tf_rmaml.config import TrainConfig
+from tf_rmaml.meta import inner_loop
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.models.backbones import finetune_mask
 from tf_rmaml.train import CHECKPOINT_SUBDIR, build_model, load_episodes, make_checkpoint
@@ -120,3 +122,36 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
                     logging.warning("Robustness check failed (%s): %s. Gradient masking or a weak attack "
                                     "is suspected; do not trust this RA.", name, check["detail"])
     return results
+
+
+def attack_examples(train_dir, attack, *, split="test", eval_seed=None, queries=None, bn_mode="batch", count=4,
+                    inner_steps_test=None):
+    """Clean, adversarial and perturbation images of the first `count` queries of the first task
+    (after clean fine-tuning; the first run of `attack`), for TensorBoard.
+
+    Returns three float arrays `[count, H, W, C]` in [0, 1]; the perturbation is mapped as
+    0.5 + delta / (2 eps) (gray = unchanged).
+    """
+    config = TrainConfig.load(train_dir)
+    if queries is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, queries=queries))
+    source = load_episodes(config, split, config.eval_seed if eval_seed is None else eval_seed)
+    model, config, _, _ = restore_model(train_dir, config=config, input_shape=source.image_shape)
+    task = source.episode(0)
+    training = bn_mode == "batch"
+    params = [v.value for v in model.trainable_variables]
+    state = [v.value for v in model.non_trainable_variables]
+    fast, state, _ = inner_loop.adapt(
+        model, params, state, task["support_x"], task["support_y"],
+        steps=config.meta.inner_steps_test if inner_steps_test is None else inner_steps_test,
+        lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test), first_order=True,
+        training=training,
+    )
+
+    def logits_fn(x):
+        return inner_loop.forward(model, fast, state, x, training=training)[0]
+
+    x_adv = perturb(logits_fn, task["query_x"], task["query_y"], attack, attack.runs()[0],
+                    tf.constant([0, 77], tf.int64))
+    clean, adv = task["query_x"][:count].numpy(), x_adv[:count].numpy()
+    return clean, adv, 0.5 + (adv - clean) / (2 * max(attack.eps, 1e-12))

@@ -6,6 +6,7 @@ at step `s` sees exactly the episodes, weights and optimizer state that a run ne
 stopped would have seen.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -93,6 +94,32 @@ def _write_config(config, train_dir):
     os.replace(tmp, path)
 
 
+def flat_config(config):
+    """The config as a flat dict of scalars ("meta.inner_lr": 0.01, ...), for the hparams table."""
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, prefix + k + ".")
+            elif isinstance(v, (bool, int, float, str)):
+                out[prefix + k] = v
+            elif v is not None:
+                out[prefix + k] = str(v)
+
+    walk(dataclasses.asdict(config), "")
+    return out
+
+
+def write_hparams(config, train_dir):
+    """Records the run's configuration for TensorBoard's HParams dashboard; the metrics beside it
+    are the run's scalars (val/sa while training; eval_<split>/sa, ra from rmaml-eval)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with tf.summary.create_file_writer(train_dir).as_default():
+        hp.hparams(flat_config(config), trial_id=os.path.basename(os.path.normpath(train_dir)))
+
+
 def validate(evaluator, source, num_tasks):
     """Meta-validation on the first `num_tasks` episodes of `source` (fixed for the run)."""
     return evaluator.evaluate(source.dataset(0, num_tasks))
@@ -146,6 +173,8 @@ def train(config, train_dir, *, strategy=None):
         model, steps=config.meta.inner_steps_test, lr=config.meta.inner_lr, mask=learner.test_mask,
         jit_compile=config.jit_compile,
     )
+    if start == 0:
+        write_hparams(config, train_dir)
     writer = tf.summary.create_file_writer(os.path.join(train_dir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(train_dir, "val"))
     results = {}

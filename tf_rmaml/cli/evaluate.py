@@ -116,7 +116,21 @@ def main(argv):
         json.dump(results, f, indent=2)
     os.replace(tmp, out)
     png = plot_evaluation(results, os.path.splitext(out)[0] + ".png")
-    write_summaries(results, os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}"))
+    logdir = os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}")
+    write_summaries(results, logdir)
+    if "ra" in results and attack.target == "query":
+        import tensorflow as tf
+
+        from tf_rmaml.evaluate import attack_examples
+
+        clean, adv, delta = attack_examples(
+            FLAGS.train_dir, attack, split=FLAGS.split, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries,
+            bn_mode=FLAGS.bn_mode, inner_steps_test=FLAGS.inner_steps_test)
+        with tf.summary.create_file_writer(logdir).as_default(step=results["checkpoint_step"]):
+            tf.summary.image("examples/clean", clean, max_outputs=len(clean))
+            tf.summary.image("examples/adversarial", adv, max_outputs=len(adv))
+            tf.summary.image("examples/perturbation", delta, max_outputs=len(delta),
+                             description="0.5 + delta / (2 eps): gray is unchanged")
     logging.info(
         "SA %.2f%% +- %.2f%% over %d %s tasks (checkpoint step %d) -> %s",
         100 * results["sa"], 100 * results["sa_ci95"], results["num_tasks"], FLAGS.split, results["checkpoint_step"], out,
