@@ -41,6 +41,13 @@ METHODS = {
     "adml": ("ADML (Yin et al. 2018), FGSM-RS", ["--method=adml", "--regularizer=at", "--train_attack=fgsm_rs"]),
     "aq": ("Adversarial querying (Goldblum et al.), PGD-7 on the query",
            ["--method=aq", "--regularizer=at", "--train_attack=pgd", "--train_attack_steps=7"]),
+    "rmaml_out_trades_cl": ("R-MAML_out, TRADES (gamma_out 5) + the auxiliary contrastive task (gamma_cl 0.1, clean views)",
+                            ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5", "--train_attack=fgsm_rs",
+                             "--gamma_cl=0.1", "--cl_views=clean"]),
+    "rmaml_out_trades_unlabeled_cl": ("R-MAML_out, TRADES (gamma_out 5) with unlabeled images + the contrastive task "
+                                      "(gamma_cl 0.1)",
+                                      ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
+                                       "--train_attack=fgsm_rs", "--gamma_cl=0.1", "--cl_views=clean"]),
     "rmaml_out_at_fgsm_head": ("R-MAML_out, AT, FGSM-RS, fine-tuning only the head (train and test)",
                                ["--method=rmaml_out", "--regularizer=at", "--gamma_out=0.2", "--train_attack=fgsm_rs",
                                 "--finetune=head", "--finetune_test=head"]),
@@ -64,7 +71,7 @@ def main():
             base_lines = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
         for name, (title, lines) in METHODS.items():
             extra = list(lines) + [f"--train_eps_255={DATASETS[dataset]['eps_255']}"]
-            if name.endswith("_unlabeled"):
+            if "_unlabeled" in name:
                 extra += DATASETS[dataset]["unlabeled"]
             out = os.path.join(FLAGS_DIR, base.replace("_maml_", f"_{name}_") + ".flags")
             header = [

@@ -6,6 +6,7 @@ import os
 
 from tf_rmaml.data.episodes import EpisodeSpec
 from tf_rmaml.errors import ConfigError
+from tf_rmaml.meta.contrastive import ContrastiveConfig
 from tf_rmaml.meta.learner import MetaConfig
 from tf_rmaml.meta.robust import RobustConfig
 from tf_rmaml.models.backbones import BACKBONES
@@ -55,6 +56,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     robust: RobustConfig = dataclasses.field(default_factory=RobustConfig)
+    contrastive: ContrastiveConfig = dataclasses.field(default_factory=ContrastiveConfig)
     backbone: str = "omniglot_strided"
     filters: int | None = None
     meta_batch: int = 4
@@ -100,6 +102,7 @@ class TrainConfig:
         d["data"] = DataConfig(**d["data"])
         d["meta"] = MetaConfig(**d["meta"])
         d["robust"] = RobustConfig(**d.get("robust", {}))
+        d["contrastive"] = ContrastiveConfig(**d.get("contrastive", {}))
         return cls(**d)
 
     @classmethod

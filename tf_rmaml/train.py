@@ -21,6 +21,7 @@ from tf_rmaml.data import sources
 from tf_rmaml.data.episodes import EpisodeSource, UnlabeledSpec
 from tf_rmaml.data.unlabeled import load_pool
 from tf_rmaml.errors import ConfigError
+from tf_rmaml.meta.contrastive import ContrastiveTask, build_head
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
 from tf_rmaml.models.backbones import build_backbone
@@ -60,9 +61,13 @@ def make_optimizer(config, lr=None):
     return keras.optimizers.Adam(learning_rate=lr, epsilon=1e-8)
 
 
-def make_checkpoint(model, optimizer=None, adv_optimizer=None):
+def make_checkpoint(model, optimizer=None, adv_optimizer=None, contrastive=None):
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     kwargs = {"step": step, "model": model}
+    if contrastive is not None:
+        # The head, and the augmentation layers' random state (exact resume of the views).
+        kwargs["projection_head"] = contrastive.head
+        kwargs["augment_state"] = contrastive.augment.state()
     if optimizer is not None:
         kwargs["optimizer"] = optimizer
     if adv_optimizer is not None:
@@ -142,13 +147,19 @@ def train(config, train_dir, *, strategy=None):
 
     with strategy.scope():
         model = build_model(config, train_source.image_shape)
+        head = build_head(model, config.contrastive.cl_head_dims, seed=config.seed) if config.contrastive.enabled else None
+        variables = list(model.trainable_variables) + (list(head.trainable_variables) if head else [])
         optimizer = make_optimizer(config)
-        optimizer.build(model.trainable_variables)
+        optimizer.build(variables)
         adv_optimizer = None
         if config.robust.outer_update == "two_optimizers":
             adv_optimizer = make_optimizer(config, config.robust.adv_meta_lr)
-            adv_optimizer.build(model.trainable_variables)
-        checkpoint, step_var = make_checkpoint(model, optimizer, adv_optimizer)
+            adv_optimizer.build(variables)
+        contrastive = None
+        if head is not None:
+            contrastive = ContrastiveTask(model, head, config.contrastive, config.robust, train_source.image_shape,
+                                          seed=config.seed)
+        checkpoint, step_var = make_checkpoint(model, optimizer, adv_optimizer, contrastive)
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(train_dir, CHECKPOINT_SUBDIR), max_to_keep=config.keep_checkpoints
     )
@@ -168,6 +179,7 @@ def train(config, train_dir, *, strategy=None):
     learner = MetaLearner(
         model, config.meta, optimizer, meta_batch=config.meta_batch, strategy=strategy, jit_compile=config.jit_compile,
         robust=config.robust, adv_optimizer=adv_optimizer, seed=config.seed,
+        contrastive=contrastive,
     )
     evaluator = FineTuneEvaluator(
         model, steps=config.meta.inner_steps_test, lr=config.meta.inner_lr, mask=learner.test_mask,
@@ -209,7 +221,7 @@ def train(config, train_dir, *, strategy=None):
                     for name, value in metrics.items():
                         tf.summary.scalar(name, value)
                     tf.summary.scalar("iterations_per_second", its)
-                robust = "".join(f"  {k} {metrics[k]:.4f}" for k in ("clean_loss", "robust_loss", "query_acc_adv")
+                robust = "".join(f"  {k} {metrics[k]:.4f}" for k in ("clean_loss", "robust_loss", "query_acc_adv", "cl_loss")
                                  if k in metrics)
                 logging.info(
                     "step %d/%d  meta_loss %.4f  query_acc before %.3f after %.3f%s  %.2f it/s  ETA %s",

@@ -10,6 +10,7 @@ from absl import app, flags, logging
 
 from tf_rmaml.config import DATASET_NAMES, DEFAULT_BACKBONES, DataConfig, TrainConfig
 from tf_rmaml.errors import ConfigError
+from tf_rmaml.meta.contrastive import ContrastiveConfig
 from tf_rmaml.meta.learner import MetaConfig
 from tf_rmaml.meta.robust import METHODS, OUTER_UPDATES, REGULARIZERS, TRAIN_ATTACKS, RobustConfig
 from tf_rmaml.models.backbones import BACKBONES, FINETUNE_MODES
@@ -87,6 +88,24 @@ def define_robust_flags():
                       "With --unlabeled_source=split: draw from the task's own classes (never the episode's images) "
                       "or from other classes.")
     flags.DEFINE_integer("unlabeled_per_class", 20, "Unlabeled images per task class (the paper's code: 20).")
+    flags.DEFINE_float("gamma_cl", 0.0, "Weight of the auxiliary contrastive (NT-Xent) loss in the meta-update "
+                       "(0: off; the paper: 0.1).")
+    flags.DEFINE_float("cl_temperature", 0.5, "NT-Xent temperature.")
+    flags.DEFINE_enum("cl_views", "clean", ("clean", "adversarial"),
+                      "clean: two augmented views; adversarial: the second view attacked to maximise the contrastive "
+                      "loss (the training attack and eps).")
+    flags.DEFINE_enum("augment_backend", "keras", ("keras", "keras_cv"),
+                      "Augmentations from Keras core preprocessing layers or keras-cv (pip install 'tf-rmaml[cv]').")
+    flags.DEFINE_list("cl_head_dims", ["256", "128"], "Projection head widths (the last is the embedding).")
+
+
+def contrastive_config_from_flags():
+    try:
+        dims = tuple(int(d) for d in FLAGS.cl_head_dims)
+    except ValueError:
+        raise ConfigError(f"--cl_head_dims must be integers separated by commas, got {','.join(FLAGS.cl_head_dims)!r}.")
+    return ContrastiveConfig(gamma_cl=FLAGS.gamma_cl, cl_temperature=FLAGS.cl_temperature, cl_views=FLAGS.cl_views,
+                             augment_backend=FLAGS.augment_backend, cl_head_dims=dims)
 
 
 def robust_config_from_flags():
@@ -124,7 +143,7 @@ def train_config_from_flags():
         first_order=FLAGS.first_order, finetune=FLAGS.finetune, finetune_test=FLAGS.finetune_test or FLAGS.finetune,
     )
     return TrainConfig(
-        data=data, meta=meta, robust=robust_config_from_flags(),
+        data=data, meta=meta, robust=robust_config_from_flags(), contrastive=contrastive_config_from_flags(),
         backbone=FLAGS.backbone or DEFAULT_BACKBONES[FLAGS.dataset], filters=FLAGS.filters,
         meta_batch=FLAGS.meta_batch, meta_lr=FLAGS.meta_lr, meta_lr_decay_steps=FLAGS.meta_lr_decay_steps,
         max_steps=FLAGS.max_steps, seed=FLAGS.seed,

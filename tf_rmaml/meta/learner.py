@@ -61,6 +61,8 @@ class MetaLearner:
       adv_optimizer: the second optimizer of `outer_update="two_optimizers"`.
       seed: the run's seed; the training attacks of task `t` at meta-iteration `s` use
         `fold_in(fold_in([seed, 4242], s), t)`, so a resumed run attacks as an unbroken one.
+      contrastive: optional `ContrastiveTask`; its projection head's variables are meta-learned
+        with the model's (gradients: the model's, then the head's).
 
     Example:
       learner = MetaLearner(model, MetaConfig(inner_steps=5), keras.optimizers.Adam(1e-3), meta_batch=4)
@@ -69,8 +71,9 @@ class MetaLearner:
     """
 
     def __init__(self, model, config, optimizer, *, meta_batch, strategy=None, jit_compile=False, robust=None,
-                 adv_optimizer=None, seed=0):
+                 adv_optimizer=None, seed=0, contrastive=None):
         self.model, self.config, self.optimizer = model, config, optimizer
+        self.contrastive = contrastive
         self.robust = robust or RobustConfig()
         self.two_optimizers = self.robust.outer_update == "two_optimizers"
         if self.two_optimizers and adv_optimizer is None:
@@ -90,20 +93,36 @@ class MetaLearner:
         self._apply = tf.function(self._apply_fn)
 
     # ---- the maths of one task -------------------------------------------------
-    def task_terms(self, params, state, task, seed=None):
+    @property
+    def variables(self):
+        """What the meta-optimizer updates: the model's trainable variables (and the projection head's)."""
+        head = self.contrastive.head.trainable_variables if self.contrastive else []
+        return list(self.model.trainable_variables) + list(head)
+
+    def task_terms(self, params, state, task, seed=None, head_params=None, views=None):
         """`(clean, robust, metrics, new_state)` of one task (see `tf_rmaml.meta.robust`)."""
         seed = tf.zeros([2], tf.int64) if seed is None else seed
-        return task_terms(self.model, params, state, task, self.config, self.robust, self.mask, seed)
+        aux = None
+        if self.contrastive is not None:
+            cl_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 99)
 
-    def task_loss(self, params, state, task, seed=None):
+            def aux(fast, fast_state):
+                return self.contrastive.loss(fast, fast_state, head_params, views, cl_seed)
+
+        return task_terms(self.model, params, state, task, self.config, self.robust, self.mask, seed, aux=aux)
+
+    def task_loss(self, params, state, task, seed=None, head_params=None, views=None):
         """Meta-loss of one task: for MAML the query cross-entropy at the adapted weights;
-        for the robust methods the weighted sum of `RobustConfig.weights`.
+        for the robust methods the weighted sum of `RobustConfig.weights`; plus
+        `gamma_cl` x the contrastive loss when there is a contrastive task.
 
         Returns `(loss, metrics, new_state)`.
         """
-        clean, robust, metrics, state = self.task_terms(params, state, task, seed)
+        clean, robust, metrics, state = self.task_terms(params, state, task, seed, head_params, views)
         wc, wr = self.robust.weights
         loss = wc * clean + wr * robust if self.robust.method != "maml" else clean
+        if self.contrastive is not None:
+            loss += self.contrastive.config.gamma_cl * metrics["cl_loss"]
         metrics = dict(metrics, meta_loss=loss)
         if self.robust.method != "maml":
             metrics.update(clean_loss=clean, robust_loss=robust)
@@ -114,8 +133,9 @@ class MetaLearner:
         # The tf.Variables behind the Keras variables: what tapes and stateless_call take.
         params = [v.value for v in self.model.trainable_variables]
         state = [v.value for v in self.model.non_trainable_variables]
+        head_params = [v.value for v in self.contrastive.head.trainable_variables] if self.contrastive else []
         tasks = batch["support_x"].shape[0]
-        grads = [tf.zeros_like(p) for p in params] * (2 if self.two_optimizers else 1)
+        grads = [tf.zeros_like(p) for p in params + head_params] * (2 if self.two_optimizers else 1)
         sums, new_state = {}, [tf.zeros_like(s) for s in state]
         replica = tf.distribute.get_replica_context()
         replica_id = tf.cast(replica.replica_id_in_sync_group if replica else 0, tf.int64)
@@ -127,20 +147,23 @@ class MetaLearner:
         for t in range(tasks):
             task = {k: batch[k][t] for k in TASK_KEYS + OPTIONAL_TASK_KEYS if k in batch}
             seed = tf.random.experimental.stateless_fold_in(step_seed, replica_id * tasks + t)
+            views = self.contrastive.views(task) if self.contrastive else None
             with tf.GradientTape(persistent=self.two_optimizers) as tape:
-                loss, metrics, task_state = self.task_loss(params, state, task, seed)
+                tape.watch(head_params)
+                loss, metrics, task_state = self.task_loss(params, state, task, seed, head_params, views)
                 scaled = loss / self.meta_batch
                 if self.two_optimizers:
-                    clean_scaled = wc * metrics["clean_loss"] / self.meta_batch
+                    clean_scaled = (loss - wr * metrics["robust_loss"]) / self.meta_batch
                     robust_scaled = wr * metrics["robust_loss"] / self.meta_batch
             if self.two_optimizers:
                 # The official code's update: the clean and the robust gradients, both at the
                 # current weights, feed two Adam optimizers (the robust one at --adv_meta_lr).
-                task_grads = tape.gradient(clean_scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                task_grads += tape.gradient(robust_scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                zero = tf.UnconnectedGradients.ZERO
+                task_grads = tape.gradient(clean_scaled, params + head_params, unconnected_gradients=zero)
+                task_grads += tape.gradient(robust_scaled, params + head_params, unconnected_gradients=zero)
                 del tape
             else:
-                task_grads = tape.gradient(scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                task_grads = tape.gradient(scaled, params + head_params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             grads = [g + tg for g, tg in zip(grads, task_grads)]
             logits_before, _ = inner_loop.forward(self.model, params, state, task["query_x"])
             metrics["query_acc_before"] = inner_loop.accuracy(logits_before, task["query_y"])
@@ -188,7 +211,7 @@ class MetaLearner:
     def _apply_fn(self, grads, state):
         # Cross-replica context: the gradients are already all-reduced, so every copy of a
         # mirrored variable receives the same update.
-        variables = self.model.trainable_variables
+        variables = self.variables
         self.optimizer.apply_gradients(zip(grads[: len(variables)], variables))
         if self.two_optimizers:
             self.adv_optimizer.apply_gradients(zip(grads[len(variables):], variables))

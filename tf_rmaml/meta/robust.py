@@ -165,7 +165,7 @@ def regularizer(model, params, state, task, config, seed, *, support_only=False)
     return trades_kl(model, params, state, tf.concat(parts, 0), config, seed), {}
 
 
-def task_terms(model, params, state, task, meta, robust, mask, seed):
+def task_terms(model, params, state, task, meta, robust, mask, seed, aux=None):
     """The two terms of one task's meta-loss (see the module docstring).
 
     Args:
@@ -173,6 +173,8 @@ def task_terms(model, params, state, task, meta, robust, mask, seed):
       task: dict with `support_x`, `support_y`, `query_x`, `query_y` (and `unlabeled_x`).
       meta: `MetaConfig`; robust: `RobustConfig`; mask: fine-tune mask.
       seed: int32/int64 `[2]` stateless seed of this task's attacks.
+      aux: optional `aux(fast, fast_state) -> (loss, metrics)` of an auxiliary task at the
+        clean fine-tuned weights (the contrastive task); its metrics join the returned ones.
 
     Returns:
       `(clean, robust_term, metrics, new_state)`: unweighted scalars (the meta-loss is
@@ -200,6 +202,8 @@ def task_terms(model, params, state, task, meta, robust, mask, seed):
         fast, fast_state, support_losses = adapt(sx)
         robust_term, adv_acc = adversarial_ce(model, fast, fast_state, qx, qy, robust, seeds[1])
         metrics.update(query_acc_after=acc, query_acc_adv=adv_acc)
+        if aux is not None:
+            metrics.update(aux(fast, fast_state)[1])
         if support_losses:
             metrics["support_loss_before"] = support_losses[0]
         return clean, robust_term, metrics, new_state
@@ -218,6 +222,8 @@ def task_terms(model, params, state, task, meta, robust, mask, seed):
     fast, fast_state, support_losses = adapt(sx, loss_fn)
     clean, acc, new_state = query_ce(fast, fast_state)
     metrics["query_acc_after"] = acc
+    if aux is not None:
+        metrics.update(aux(fast, fast_state)[1])
     if support_losses:
         metrics["support_loss_before"] = support_losses[0]
     robust_term = zero
