@@ -47,13 +47,17 @@ def test_running_bn_mode_differs_from_batch_mode():
 
 
 def test_checks_flag_masking():
-    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.28, "transfer": 0.6},
+    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.295, "transfer": 0.6},
                                [(0.02, 0.5), (0.08, 0.1)], 0.01)
     assert not suspected and all(c["passed"] for c in ok.values())
     bad, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.8, "noise": 0.2, "stronger": 0.4, "transfer": 0.1},
                                 [(0.08, 0.5)], 0.01)
     assert suspected
-    assert not any(c["passed"] for c in bad.values())
+    assert [name for name, c in bad.items() if c["passed"]] == ["attack_converged"]
+    # A stronger attack that still lowers RA a lot: the attack had not converged.
+    weak, suspected = run_checks(0.9, 0.5, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.45, "transfer": 0.8},
+                                 [], 0.01)
+    assert suspected and [name for name, c in weak.items() if not c["passed"]] == ["attack_converged"]
     assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger", "transfer"}
     assert set(check_attacks(AttackConfig("pgd", target="support"))) == {"eps0", "stronger"}
     assert check_attacks(AttackConfig("none")) == {}

@@ -58,6 +58,12 @@ def run_checks(sa, main_ra, main_eps, checks_ra, curve, tolerance):
         ok = checks_ra["stronger"] <= main_ra + tolerance
         checks["more_steps_and_restarts_do_not_raise_ra"] = {
             "passed": ok, "detail": f"RA stronger={checks_ra['stronger']:.4f}, RA main={main_ra:.4f}"}
+        # The other direction: if twice the steps and one more restart still lower RA, the attack
+        # had not converged and its RA overstates robustness.
+        ok = checks_ra["stronger"] >= main_ra - tolerance
+        checks["attack_converged"] = {
+            "passed": ok, "detail": f"RA stronger={checks_ra['stronger']:.4f}, RA main={main_ra:.4f}"
+            + ("" if ok else ": the attack had not converged; report --attack=strong")}
     if "noise" in checks_ra:
         ok = checks_ra["noise"] >= main_ra - tolerance
         checks["noise_does_not_beat_the_attack"] = {
