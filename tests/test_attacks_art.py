@@ -24,7 +24,8 @@ def _problem(n=600, seed=0):
     return np.clip(x, 0, 1), y.astype(np.int64)
 
 
-def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
+def _trained_model():
+    """A small conv net fitted to `_problem` (the same weights on every call)."""
     keras.utils.set_random_seed(0)
     x, y = _problem()
     model = keras.Sequential([
@@ -33,6 +34,18 @@ def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
     ])
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    return model
+
+
+def _art_classifier(model):
+    return TensorFlowV2Classifier(
+        model=model, nb_classes=5, input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+        loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+
+def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
+    model = _trained_model()
     x_test, y_test = _problem(n=1000, seed=1)
     eps, step, steps = 0.1, 0.025, 10
 
@@ -40,10 +53,7 @@ def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
                       steps=steps, step_size=step, seed=tf.constant([1, 2]))
     ra_ours = float(np.mean(np.argmax(model.predict(x_ours, verbose=0), -1) == y_test))
 
-    classifier = TensorFlowV2Classifier(
-        model=model, nb_classes=5, input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
-        loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    classifier = _art_classifier(model)
     pgd = ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=step, max_iter=steps,
                                    num_random_init=1, batch_size=1000, verbose=False)
     x_art = pgd.generate(x=x_test, y=np.eye(5)[y_test])
@@ -58,14 +68,7 @@ def test_pgd_robust_accuracy_agrees_with_art_within_one_point():
 def test_apgd_robust_accuracy_agrees_with_art(loss, art_loss):
     from art.attacks.evasion import AutoProjectedGradientDescent
 
-    keras.utils.set_random_seed(0)
-    x, y = _problem()
-    model = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"), keras.layers.Dense(5),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=15, batch_size=64, verbose=0)
+    model = _trained_model()
     x_test, y_test = _problem(n=500, seed=1)
     eps, steps = 0.1, 30
 
@@ -77,10 +80,7 @@ def test_apgd_robust_accuracy_agrees_with_art(loss, art_loss):
     correct = np.argmax(model.predict(x_test, verbose=0), -1) == y_test
     ours = correct & (np.argmax(model.predict(x_best.numpy(), verbose=0), -1) == y_test) & ~fooled.numpy()
 
-    classifier = TensorFlowV2Classifier(
-        model=model, nb_classes=5, input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
-        loss_object=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    classifier = _art_classifier(model)
     attack = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=2 * eps, max_iter=steps,
                                           nb_random_init=1, batch_size=500, loss_type=art_loss, verbose=False)
     x_art = attack.generate(x=x_test, y=np.eye(5)[y_test])
