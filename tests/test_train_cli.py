@@ -74,6 +74,31 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
 
 
 @needs_data
+def test_eval_finetune_test_override_equals_a_run_configured_so(smoke_run, tmp_path):
+    """--finetune_test=head at evaluation is the same as a run whose config says head, and not the run's own."""
+    import shutil
+
+    from tf_rmaml.evaluate import evaluate_run
+
+    head_run = str(tmp_path / "head_run")
+    shutil.copytree(smoke_run, head_run)
+    with open(os.path.join(head_run, "config.json")) as f:
+        config = json.load(f)
+    assert config["meta"]["finetune_test"] == "all"
+    config["meta"]["finetune_test"] = "head"
+    with open(os.path.join(head_run, "config.json"), "w") as f:
+        json.dump(config, f)
+    kwargs = dict(num_tasks=6, attack=None, checks=False, tasks_per_call=3)
+    overridden = evaluate_run(smoke_run, finetune_test="head", **kwargs)
+    configured = evaluate_run(head_run, **kwargs)
+    own = evaluate_run(smoke_run, **kwargs)
+    assert overridden["finetune_test"] == "head" and own["finetune_test"] == "all"
+    np.testing.assert_allclose(overridden["sa_per_step"], configured["sa_per_step"], atol=1e-12)
+    assert overridden["sa_per_step"][0] == own["sa_per_step"][0]  # same tasks, same meta-model
+    assert overridden["sa_per_step"][1:] != own["sa_per_step"][1:]
+
+
+@needs_data
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     common = [
         f"--flagfile={SMOKE}", "--max_steps=30", "--checkpoint_every=1", "--eval_every=0",

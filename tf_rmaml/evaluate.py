@@ -37,7 +37,8 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
                  eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None,
-                 eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True, tasks_per_call=8):
+                 eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True, tasks_per_call=8,
+                 finetune_test=None):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:
@@ -48,6 +49,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
       bn_mode: "batch" (batch statistics, the paper's protocol) or "running".
       checks: run the gradient-masking checks (see `tf_rmaml.attacks.checks`).
       tasks_per_call: tasks per call of the compiled evaluation function (speed only).
+      finetune_test: which layers adapt at meta-test ("all", "head", "last_block"); default: the run's.
 
     Returns a JSON-ready dict with `sa`, `sa_ci95`, `num_tasks`, `checkpoint_step`,
     per-step accuracies, the evaluation settings and, with an attack, `ra`, `ra_ci95`,
@@ -62,6 +64,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     seed = config.eval_seed if eval_seed is None else eval_seed
     source = load_episodes(config, split, seed)
     model, config, step, path = restore_model(train_dir, checkpoint, config, source.image_shape)
+    config = _with_finetune_test(config, finetune_test)
     steps = config.meta.inner_steps_test if inner_steps_test is None else inner_steps_test
     attacks, names = [], []
     if attack is not None and attack.name != "none":
@@ -124,8 +127,14 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     return results
 
 
+def _with_finetune_test(config, finetune_test):
+    if finetune_test is None:
+        return config
+    return dataclasses.replace(config, meta=dataclasses.replace(config.meta, finetune_test=finetune_test))
+
+
 def attack_examples(train_dir, attack, *, split="test", eval_seed=None, queries=None, bn_mode="batch", count=4,
-                    inner_steps_test=None):
+                    inner_steps_test=None, finetune_test=None):
     """Clean, adversarial and perturbation images of the first `count` queries of the first task
     (after clean fine-tuning; the first run of `attack`), for TensorBoard.
 
@@ -137,6 +146,7 @@ def attack_examples(train_dir, attack, *, split="test", eval_seed=None, queries=
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, queries=queries))
     source = load_episodes(config, split, config.eval_seed if eval_seed is None else eval_seed)
     model, config, _, _ = restore_model(train_dir, config=config, input_shape=source.image_shape)
+    config = _with_finetune_test(config, finetune_test)
     task = source.episode(0)
     training = bn_mode == "batch"
     params = [v.value for v in model.trainable_variables]

@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
 from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
+from tf_rmaml.models.backbones import FINETUNE_MODES
 from tf_rmaml.plots import plot_evaluation
 
 FLAGS = flags.FLAGS
@@ -45,6 +46,9 @@ flags.DEFINE_enum("attack_target", "query", ("query", "support", "both"),
                   "before fine-tuning, through the unrolled fine-tuning; both: report the two.")
 flags.DEFINE_integer("tasks_per_call", 8, "Tasks evaluated together in one compiled call (speed only; "
                      "results do not depend on it).")
+flags.DEFINE_enum("finetune_test", None, FINETUNE_MODES,
+                  "Which layers adapt at meta-test (default: the run's --finetune_test), e.g. head to measure "
+                  "light fine-tuning of a model meta-trained with full fine-tuning.")
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
 flags.mark_flag_as_required("train_dir")
 
@@ -107,7 +111,7 @@ def main(argv):
         inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries, data_dir=FLAGS.data_dir,
         cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
         eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
-        tasks_per_call=FLAGS.tasks_per_call,
+        tasks_per_call=FLAGS.tasks_per_call, finetune_test=FLAGS.finetune_test,
     )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -125,7 +129,8 @@ def main(argv):
 
         clean, adv, delta = attack_examples(
             FLAGS.train_dir, attack, split=FLAGS.split, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries,
-            bn_mode=FLAGS.bn_mode, inner_steps_test=FLAGS.inner_steps_test)
+            bn_mode=FLAGS.bn_mode, inner_steps_test=FLAGS.inner_steps_test,
+            finetune_test=FLAGS.finetune_test)
         with tf.summary.create_file_writer(logdir).as_default(step=results["checkpoint_step"]):
             tf.summary.image("examples/clean", clean, max_outputs=len(clean))
             tf.summary.image("examples/adversarial", adv, max_outputs=len(adv))
