@@ -12,6 +12,8 @@ Usage:
   python scripts/benchmark.py --settings=omniglot --modes=graph --orders=second \
       --methods=maml,rmaml_out_at,rmaml_out_trades,rmaml_both_at,adml,aq   # cost per method
   python scripts/benchmark.py --eval --settings=omniglot --tasks_per_call=1,8   # attacked queries / s
+  python scripts/benchmark.py --settings=cifar_fs --modes=graph --orders=second --finetune=all,head   # partial
+  python scripts/benchmark.py --eval --settings=cifar_fs --tasks_per_call=8 --finetune=all,head
 Prints a markdown table (paste into docs/performance.md).
 """
 
@@ -42,7 +44,7 @@ METHODS = {
 }
 
 
-def measure_eval(setting, tasks_per_call, num_tasks, attack_steps):
+def measure_eval(setting, tasks_per_call, num_tasks, attack_steps, finetune="all"):
     """Attacked query images per second: fine-tune 10 steps, PGD on the 75 queries (child process)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -57,7 +59,7 @@ def measure_eval(setting, tasks_per_call, num_tasks, attack_steps):
     source = EpisodeSource(images, "test", EpisodeSpec(5, 1, 15), seed=0)
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     attack = AttackConfig("pgd", eps=8 / 255, steps=attack_steps, step_size=2 / 255)
-    evaluator = FineTuneEvaluator(model, steps=10, lr=0.01, mask=finetune_mask(model), attacks=[attack],
+    evaluator = FineTuneEvaluator(model, steps=10, lr=0.01, mask=finetune_mask(model, finetune), attacks=[attack],
                                   attack_at="last", tasks_per_call=tasks_per_call)
     t0 = time.perf_counter()
     evaluator.evaluate(source.dataset(0, tasks_per_call))  # tracing
@@ -65,12 +67,12 @@ def measure_eval(setting, tasks_per_call, num_tasks, attack_steps):
     t0 = time.perf_counter()
     evaluator.evaluate(source.dataset(0, num_tasks))
     seconds = time.perf_counter() - t0
-    return {"setting": setting, "tasks_per_call": tasks_per_call, "num_tasks": num_tasks,
+    return {"setting": setting, "finetune": finetune, "tasks_per_call": tasks_per_call, "num_tasks": num_tasks,
             "attack": f"PGD-{attack_steps}", "tasks_per_second": num_tasks / seconds,
             "queries_per_second": num_tasks * 75 / seconds, "first_call_seconds": first_call}
 
 
-def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method="maml"):
+def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method="maml", finetune="all"):
     """Runs in the child process; returns a dict of measurements."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
@@ -90,7 +92,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
     learner = MetaLearner(
-        model, MetaConfig(inner_steps=inner_steps, first_order=order == "first"), optimizer,
+        model, MetaConfig(inner_steps=inner_steps, first_order=order == "first", finetune=finetune), optimizer,
         meta_batch=meta_batch, jit_compile=mode == "xla", robust=RobustConfig(train_eps=8 / 255, **METHODS[method]),
     )
     batches = iter(source.dataset(0, (steps + warmup + 1) * meta_batch, meta_batch))
@@ -111,7 +113,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
         one_step()
         times.append(time.perf_counter() - t0)
     return {
-        "setting": setting, "backbone": backbone, "mode": mode, "order": order, "method": method,
+        "setting": setting, "backbone": backbone, "mode": mode, "order": order, "method": method, "finetune": finetune,
         "seconds_per_iteration": float(np.median(times)),
         "seconds_p90": float(np.percentile(times, 90)),
         "first_call_seconds": first_call,
@@ -130,6 +132,7 @@ def main():
     parser.add_argument("--meta_batch", type=int, default=4)
     parser.add_argument("--inner_steps", type=int, default=5)
     parser.add_argument("--methods", default="maml", help=f"comma list of {', '.join(METHODS)}")
+    parser.add_argument("--finetune", default="all", help="comma list of all, head, last_block (layers adapted)")
     parser.add_argument("--eval", action="store_true", help="measure the robust evaluation instead")
     parser.add_argument("--tasks_per_call", default="1,8")
     parser.add_argument("--eval_tasks", type=int, default=64)
@@ -140,25 +143,29 @@ def main():
     if args.child:
         kind, *rest = args.child.split(":")
         if kind == "eval":
-            setting, tasks_per_call = rest
-            print(json.dumps(measure_eval(setting, int(tasks_per_call), args.eval_tasks, args.attack_steps)))
+            setting, tasks_per_call, finetune = rest
+            print(json.dumps(measure_eval(setting, int(tasks_per_call), args.eval_tasks, args.attack_steps, finetune)))
         else:
-            setting, mode, order, method = rest
+            setting, mode, order, method, finetune = rest
             print(json.dumps(measure(setting, mode, order, args.steps, args.warmup, args.meta_batch, args.inner_steps,
-                                     method)))
+                                     method, finetune)))
         return
+    finetunes = args.finetune.split(",")
+    for finetune in finetunes:
+        if finetune not in ("all", "head", "last_block"):
+            sys.exit(f"Unknown --finetune {finetune!r}; choose from all, head, last_block.")
     children = []
     for setting in args.settings.split(","):
         if setting not in SETTINGS:
             sys.exit(f"Unknown setting {setting!r}; choose from {', '.join(SETTINGS)}.")
         if args.eval:
-            children += [f"eval:{setting}:{int(b)}" for b in args.tasks_per_call.split(",")]
+            children += [f"eval:{setting}:{int(b)}:{f}" for b in args.tasks_per_call.split(",") for f in finetunes]
             continue
         for method in args.methods.split(","):
             if method not in METHODS:
                 sys.exit(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
-            children += [f"train:{setting}:{mode}:{order}:{method}"
-                         for mode in args.modes.split(",") for order in args.orders.split(",")]
+            children += [f"train:{setting}:{mode}:{order}:{method}:{f}"
+                         for mode in args.modes.split(",") for order in args.orders.split(",") for f in finetunes]
     rows = []
     for child in children:
         cmd = [sys.executable, __file__, f"--child={child}", f"--steps={args.steps}", f"--warmup={args.warmup}",
@@ -170,17 +177,17 @@ def main():
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(child, rows[-1], file=sys.stderr)
     if args.eval:
-        print("| setting | attack | tasks per call | tasks / s | attacked queries / s | first call (s) |")
-        print("|---|---|---|---|---|---|")
+        print("| setting | fine-tuned | attack | tasks per call | tasks / s | attacked queries / s | first call (s) |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['setting']} | {r['attack']} | {r['tasks_per_call']} | {r['tasks_per_second']:.2f} | "
+            print(f"| {r['setting']} | {r['finetune']} | {r['attack']} | {r['tasks_per_call']} | {r['tasks_per_second']:.2f} | "
                   f"{r['queries_per_second']:.0f} | {r['first_call_seconds']:.1f} |")
     else:
-        print("| setting | backbone | method | mode | order | s / meta-iteration (median) | p90 | first call (s) "
-              "| peak RSS (MiB) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| setting | backbone | method | fine-tuned | mode | order | s / meta-iteration (median) | p90 "
+              "| first call (s) | peak RSS (MiB) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['setting']} | {r['backbone']} | {r['method']} | {r['mode']} | {r['order']} | "
+            print(f"| {r['setting']} | {r['backbone']} | {r['method']} | {r['finetune']} | {r['mode']} | {r['order']} | "
                   f"{r['seconds_per_iteration']:.3f} | {r['seconds_p90']:.3f} | {r['first_call_seconds']:.1f} | "
                   f"{r['peak_rss_mib']:.0f} |")
     if args.json_out:
