@@ -1,0 +1,129 @@
+"""Runs and tabulates the R-MAML comparison: one row per method flag file of a dataset.
+
+Every row trains from its flag file (`flags/<dataset>_<row>_5w1s[_cpu].flags`) and is scored on the
+same fixed test tasks: SA and RA under PGD-10 (the paper's protocol) on --num_tasks tasks, then RA
+under `--attack=strong` on --strong_tasks tasks; optionally the same model fine-tuned at test time
+on the head only (`--head_test`). Steps whose output exists are skipped, so a stopped `run` resumes
+(training itself resumes from its last checkpoint).
+
+  python scripts/comparison.py plan --dataset=omniglot --cpu --runs_dir=runs/omniglot    # print the commands
+  python scripts/comparison.py run --dataset=omniglot --cpu --runs_dir=runs/omniglot --rows=maml,rmaml_out_at_fgsm
+  python scripts/comparison.py table --runs_dir=runs/omniglot                             # markdown table
+
+Trainings run one after another: on a shared machine, parallel runs make each other's timings
+meaningless.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from make_flagfiles import DATASETS, FLAGS_DIR, METHODS  # noqa: E402
+
+ROWS = ["maml", *METHODS]
+
+
+def flagfile(dataset, row, cpu):
+    return os.path.join(FLAGS_DIR, f"{dataset}_{row}_5w1s{'_cpu' if cpu else ''}.flags")
+
+
+def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test):
+    """The (output, command) steps of each row, in order."""
+    steps = []
+    for row in rows:
+        if row not in ROWS:
+            raise SystemExit(f"Unknown row {row!r}; choose from {', '.join(ROWS)}.")
+        path = flagfile(dataset, row, cpu)
+        if not os.path.exists(path):
+            raise SystemExit(f"No flag file {path}; run scripts/make_flagfiles.py or choose another --dataset.")
+        run = os.path.join(runs_dir, row)
+        ev = [sys.executable, "-m", "tf_rmaml.cli.evaluate", f"--train_dir={run}", "--queries=15", "--attack_at=last",
+              "--nochecks"]
+        steps.append((os.path.join(run, "checkpoints", "checkpoint"),
+                      [sys.executable, "-m", "tf_rmaml.cli.train", f"--flagfile={path}", f"--train_dir={run}"]))
+        out = os.path.join(run, f"test_pgd10_{num_tasks}.json")
+        steps.append((out, ev + [f"--num_tasks={num_tasks}", "--attack=pgd", f"--output_json={out}"]))
+        if strong_tasks:
+            out = os.path.join(run, f"test_strong_{strong_tasks}.json")
+            steps.append((out, ev + [f"--num_tasks={strong_tasks}", "--attack=strong", f"--output_json={out}"]))
+        if head_test and not row.endswith("_head"):
+            out = os.path.join(run, f"test_pgd10_{num_tasks}_head.json")
+            steps.append((out, ev + [f"--num_tasks={num_tasks}", "--attack=pgd", "--finetune_test=head",
+                                     f"--output_json={out}"]))
+    return steps
+
+
+def _pct(value, ci):
+    return f"{100 * value:.2f} +- {100 * ci:.2f}"
+
+
+def _attack(result):
+    a = result["attack"]
+    name = {"pgd": f"PGD-{a['steps']}", "strong": "strong"}.get(a["attack"], a["attack"])
+    return (f"{name}, eps {a['eps_255']:g}/255, step {255 * a['step_size']:g}/255, {a['restarts']} restart(s), "
+            f"{len(a.get('runs', []))} attack run(s), {result['num_tasks']} tasks")
+
+
+def table(runs_dir):
+    """A markdown table of every evaluation JSON under runs_dir (one line per run and fine-tuning)."""
+    lines = ["| run | fine-tuned at test | SA (%) | RA (%) | RA among clean-correct (%) | attack |",
+             "|---|---|---|---|---|---|"]
+    found = sorted(glob.glob(os.path.join(runs_dir, "*", "test_*.json")))
+    if not found:
+        raise SystemExit(f"No test_*.json under {runs_dir}/*/: run `comparison.py run` first.")
+    for path in found:
+        with open(path) as f:
+            result = json.load(f)
+        run = os.path.basename(os.path.dirname(path))
+        ft = result.get("finetune_test", "all")
+        sa = _pct(result["sa"], result["sa_ci95"])
+        if "ra" not in result:
+            lines.append(f"| {run} | {ft} | {sa} | - | - | none, {result['num_tasks']} tasks |")
+            continue
+        lines.append(f"| {run} | {ft} | {sa} | {_pct(result['ra'], result['ra_ci95'])} | "
+                     f"{100 * result['ra_on_clean_correct']:.1f} | {_attack(result)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["plan", "run", "table"])
+    parser.add_argument("--dataset", default="omniglot", choices=sorted(DATASETS))
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument("--runs_dir", required=True)
+    parser.add_argument("--cpu", action="store_true", help="the *_cpu.flags recipes (Omniglot, CIFAR-FS)")
+    parser.add_argument("--num_tasks", type=int, default=2400)
+    parser.add_argument("--strong_tasks", type=int, default=240, help="0: no strong attack")
+    parser.add_argument("--head_test", action="store_true", help="also evaluate with head-only fine-tuning")
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        print(table(args.runs_dir))
+        return
+    steps = plan(args.dataset, args.rows.split(","), args.runs_dir, args.cpu, args.num_tasks, args.strong_tasks,
+                 args.head_test)
+    for out, cmd in steps:
+        if args.command == "plan":
+            print(shlex.join(cmd))
+            continue
+        if out.endswith(".json") and os.path.exists(out):
+            print(f"skip (done): {out}", file=sys.stderr)
+            continue
+        os.makedirs(os.path.dirname(os.path.dirname(out)) if out.endswith("checkpoint") else os.path.dirname(out),
+                    exist_ok=True)
+        log = os.path.splitext(out)[0] + ".log" if out.endswith(".json") else os.path.join(
+            os.path.dirname(os.path.dirname(out)), "train.log")
+        print(f"{shlex.join(cmd)}  > {log}", file=sys.stderr)
+        with open(log, "a") as f:
+            code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if code != 0:
+            raise SystemExit(f"Step failed ({code}); see {log}. Re-running `comparison.py run` resumes here.")
+
+
+if __name__ == "__main__":
+    main()
