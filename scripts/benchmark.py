@@ -41,7 +41,12 @@ METHODS = {
     "rmaml_both_at": {"method": "rmaml_both", "regularizer": "at"},
     "adml": {"method": "adml", "regularizer": "at"},
     "aq": {"method": "aq", "regularizer": "at", "train_attack": "pgd", "train_attack_steps": 7},
+    # + the auxiliary contrastive task (gamma_cl 0.1), clean or adversarial views.
+    "rmaml_out_trades_cl": {"method": "rmaml_out", "regularizer": "trades", "gamma_cl": 0.1, "cl_views": "clean"},
+    "rmaml_out_trades_cl_adv": {"method": "rmaml_out", "regularizer": "trades", "gamma_cl": 0.1,
+                                "cl_views": "adversarial"},
 }
+CONTRASTIVE_KEYS = ("gamma_cl", "cl_views")
 
 
 def measure_eval(setting, tasks_per_call, num_tasks, attack_steps, finetune="all"):
@@ -91,9 +96,19 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     source = EpisodeSource(images, "train", spec, seed=0)
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
+    kwargs = dict(METHODS[method])
+    cl = {k: kwargs.pop(k) for k in CONTRASTIVE_KEYS if k in kwargs}
+    robust = RobustConfig(train_eps=8 / 255, **kwargs)
+    contrastive = None
+    if cl:
+        from tf_rmaml.meta.contrastive import ContrastiveConfig, ContrastiveTask, build_head
+
+        cl_config = ContrastiveConfig(**cl)
+        contrastive = ContrastiveTask(model, build_head(model, cl_config.cl_head_dims, seed=0), cl_config, robust,
+                                      shape, seed=0)
     learner = MetaLearner(
         model, MetaConfig(inner_steps=inner_steps, first_order=order == "first", finetune=finetune), optimizer,
-        meta_batch=meta_batch, jit_compile=mode == "xla", robust=RobustConfig(train_eps=8 / 255, **METHODS[method]),
+        meta_batch=meta_batch, jit_compile=mode == "xla", robust=robust, contrastive=contrastive,
     )
     batches = iter(source.dataset(0, (steps + warmup + 1) * meta_batch, meta_batch))
 
