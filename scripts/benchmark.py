@@ -18,6 +18,7 @@ Prints a markdown table (paste into docs/performance.md).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -46,7 +47,6 @@ METHODS = {
     "rmaml_out_trades_cl_adv": {"method": "rmaml_out", "regularizer": "trades", "gamma_cl": 0.1,
                                 "cl_views": "adversarial"},
 }
-CONTRASTIVE_KEYS = ("gamma_cl", "cl_views")
 
 
 def measure_eval(setting, tasks_per_call, num_tasks, attack_steps, finetune="all"):
@@ -86,6 +86,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     import numpy as np
 
     from tf_rmaml.data.episodes import EpisodeSource, EpisodeSpec
+    from tf_rmaml.meta.contrastive import ContrastiveConfig, ContrastiveTask, build_head
     from tf_rmaml.meta.learner import MetaConfig, MetaLearner
     from tf_rmaml.meta.robust import RobustConfig
     from tf_rmaml.models.backbones import build_backbone
@@ -97,12 +98,10 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
     kwargs = dict(METHODS[method])
-    cl = {k: kwargs.pop(k) for k in CONTRASTIVE_KEYS if k in kwargs}
+    cl = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(ContrastiveConfig) if f.name in kwargs}
     robust = RobustConfig(train_eps=8 / 255, **kwargs)
     contrastive = None
     if cl:
-        from tf_rmaml.meta.contrastive import ContrastiveConfig, ContrastiveTask, build_head
-
         cl_config = ContrastiveConfig(**cl)
         contrastive = ContrastiveTask(model, build_head(model, cl_config.cl_head_dims, seed=0), cl_config, robust,
                                       shape, seed=0)
@@ -138,6 +137,9 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
 
 
 def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tf_rmaml.models.backbones import FINETUNE_MODES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--modes", default="graph,xla")
@@ -147,7 +149,7 @@ def main():
     parser.add_argument("--meta_batch", type=int, default=4)
     parser.add_argument("--inner_steps", type=int, default=5)
     parser.add_argument("--methods", default="maml", help=f"comma list of {', '.join(METHODS)}")
-    parser.add_argument("--finetune", default="all", help="comma list of all, head, last_block (layers adapted)")
+    parser.add_argument("--finetune", default="all", help=f"comma list of {', '.join(FINETUNE_MODES)} (layers adapted)")
     parser.add_argument("--eval", action="store_true", help="measure the robust evaluation instead")
     parser.add_argument("--tasks_per_call", default="1,8")
     parser.add_argument("--eval_tasks", type=int, default=64)
@@ -167,8 +169,8 @@ def main():
         return
     finetunes = args.finetune.split(",")
     for finetune in finetunes:
-        if finetune not in ("all", "head", "last_block"):
-            sys.exit(f"Unknown --finetune {finetune!r}; choose from all, head, last_block.")
+        if finetune not in FINETUNE_MODES:
+            sys.exit(f"Unknown --finetune {finetune!r}; choose from {', '.join(FINETUNE_MODES)}.")
     children = []
     for setting in args.settings.split(","):
         if setting not in SETTINGS:

@@ -21,6 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
+from typing import NamedTuple, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -33,8 +34,14 @@ def flagfile(dataset, row, cpu):
     return os.path.join(FLAGS_DIR, f"{dataset}_{row}_5w1s{'_cpu' if cpu else ''}.flags")
 
 
+class Step(NamedTuple):
+    done: Optional[str]  # the step's output; the step is skipped when it exists (None: always run)
+    log: str
+    cmd: list
+
+
 def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test):
-    """The (output, command) steps of each row, in order."""
+    """The steps of each row, in order: train (it resumes, or does nothing when finished), then evaluate."""
     steps = []
     for row in rows:
         if row not in ROWS:
@@ -43,19 +50,20 @@ def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test):
         if not os.path.exists(path):
             raise SystemExit(f"No flag file {path}; run scripts/make_flagfiles.py or choose another --dataset.")
         run = os.path.join(runs_dir, row)
-        ev = [sys.executable, "-m", "tf_rmaml.cli.evaluate", f"--train_dir={run}", "--queries=15", "--attack_at=last",
-              "--nochecks"]
-        steps.append((os.path.join(run, "checkpoints", "checkpoint"),
-                      [sys.executable, "-m", "tf_rmaml.cli.train", f"--flagfile={path}", f"--train_dir={run}"]))
-        out = os.path.join(run, f"test_pgd10_{num_tasks}.json")
-        steps.append((out, ev + [f"--num_tasks={num_tasks}", "--attack=pgd", f"--output_json={out}"]))
+        steps.append(Step(None, os.path.join(run, "train.log"),
+                          [sys.executable, "-m", "tf_rmaml.cli.train", f"--flagfile={path}", f"--train_dir={run}"]))
+
+        def evaluation(name, tasks, *extra):
+            out = os.path.join(run, f"{name}.json")
+            return Step(out, os.path.join(run, f"{name}.log"),
+                        [sys.executable, "-m", "tf_rmaml.cli.evaluate", f"--train_dir={run}", "--queries=15",
+                         "--attack_at=last", "--nochecks", f"--num_tasks={tasks}", *extra, f"--output_json={out}"])
+
+        steps.append(evaluation(f"test_pgd10_{num_tasks}", num_tasks, "--attack=pgd"))
         if strong_tasks:
-            out = os.path.join(run, f"test_strong_{strong_tasks}.json")
-            steps.append((out, ev + [f"--num_tasks={strong_tasks}", "--attack=strong", f"--output_json={out}"]))
+            steps.append(evaluation(f"test_strong_{strong_tasks}", strong_tasks, "--attack=strong"))
         if head_test and not row.endswith("_head"):
-            out = os.path.join(run, f"test_pgd10_{num_tasks}_head.json")
-            steps.append((out, ev + [f"--num_tasks={num_tasks}", "--attack=pgd", "--finetune_test=head",
-                                     f"--output_json={out}"]))
+            steps.append(evaluation(f"test_pgd10_{num_tasks}_head", num_tasks, "--attack=pgd", "--finetune_test=head"))
     return steps
 
 
@@ -107,23 +115,19 @@ def main(argv=None):
         return
     steps = plan(args.dataset, args.rows.split(","), args.runs_dir, args.cpu, args.num_tasks, args.strong_tasks,
                  args.head_test)
-    for out, cmd in steps:
+    for step in steps:
         if args.command == "plan":
-            print(shlex.join(cmd))
+            print(shlex.join(step.cmd))
             continue
-        if out.endswith(".json") and os.path.exists(out):
-            print(f"skip (done): {out}", file=sys.stderr)
+        if step.done and os.path.exists(step.done):
+            print(f"skip (done): {step.done}", file=sys.stderr)
             continue
-        os.makedirs(os.path.dirname(os.path.dirname(out)) if out.endswith("checkpoint") else os.path.dirname(out),
-                    exist_ok=True)
-        log = os.path.splitext(out)[0] + ".log" if out.endswith(".json") else os.path.join(
-            os.path.dirname(os.path.dirname(out)), "train.log")
-        print(f"{shlex.join(cmd)}  > {log}", file=sys.stderr)
-        with open(log, "a") as f:
-            code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        os.makedirs(os.path.dirname(step.log), exist_ok=True)
+        print(f"{shlex.join(step.cmd)}  > {step.log}", file=sys.stderr)
+        with open(step.log, "a") as f:
+            code = subprocess.call(step.cmd, stdout=f, stderr=subprocess.STDOUT)
         if code != 0:
-            raise SystemExit(f"Step failed ({code}); see {log}. Re-running `comparison.py run` resumes here.")
-
+            raise SystemExit(f"Step failed ({code}); see {step.log}. Re-running `comparison.py run` resumes here.")
 
 if __name__ == "__main__":
     main()

@@ -15,11 +15,11 @@ import comparison  # noqa: E402
                                          ("cifar_fs", False), ("miniimagenet", False)])
 def test_every_row_has_a_flag_file_and_the_same_tasks(dataset, cpu, tmp_path):
     steps = comparison.plan(dataset, comparison.ROWS, str(tmp_path), cpu, 2400, 240, head_test=True)
-    trains = [cmd for _, cmd in steps if "tf_rmaml.cli.train" in cmd]
+    trains = [step.cmd for step in steps if "tf_rmaml.cli.train" in step.cmd]
     assert len(trains) == len(comparison.ROWS)
     for cmd in trains:
         assert os.path.exists(cmd[-2].split("=", 1)[1])
-    evals = [cmd for _, cmd in steps if "tf_rmaml.cli.evaluate" in cmd]
+    evals = [step.cmd for step in steps if "tf_rmaml.cli.evaluate" in step.cmd]
     # PGD-10 and strong for every row, head-only for every row that does not already fine-tune the head only.
     heads = [cmd for cmd in evals if "--finetune_test=head" in cmd]
     assert len(evals) == 2 * len(comparison.ROWS) + len(heads) and len(heads) == len(comparison.ROWS) - 1
