@@ -44,6 +44,10 @@ METHODS = {
     "rmaml_out_trades_cl": ("R-MAML_out, TRADES (gamma_out 5) + the auxiliary contrastive task (gamma_cl 0.1, clean views)",
                             ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5", "--train_attack=fgsm_rs",
                              "--gamma_cl=0.1", "--cl_views=clean"]),
+    "rmaml_out_trades_cl_adv": ("R-MAML_out, TRADES (gamma_out 5) + the auxiliary contrastive task (gamma_cl 0.1, "
+                                "one view adversarial to the contrastive loss)",
+                                ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
+                                 "--train_attack=fgsm_rs", "--gamma_cl=0.1", "--cl_views=adversarial"]),
     "rmaml_out_trades_unlabeled_cl": ("R-MAML_out, TRADES (gamma_out 5) with unlabeled images + the contrastive task "
                                       "(gamma_cl 0.1)",
                                       ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
