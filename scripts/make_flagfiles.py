@@ -23,9 +23,14 @@ DATASETS = {
                                                  "--unlabeled_per_class=20"]},
 }
 
+# The rows of one regulariser share its flags; CL rows add the contrastive task to TRADES.
+AT_OUT_FGSM = ["--method=rmaml_out", "--regularizer=at", "--gamma_out=0.2", "--train_attack=fgsm_rs"]
+TRADES = ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5", "--train_attack=fgsm_rs"]
+CL_CLEAN = ["--gamma_cl=0.1", "--cl_views=clean"]
+
 METHODS = {
     "rmaml_out_at_fgsm": ("R-MAML_out, AT (gamma_out 0.2), FGSM-RS in the meta-update",
-                          ["--method=rmaml_out", "--regularizer=at", "--gamma_out=0.2", "--train_attack=fgsm_rs"]),
+                          AT_OUT_FGSM),
     "rmaml_out_at_pgd": ("R-MAML_out, AT (gamma_out 0.2), PGD-10 in the meta-update",
                          ["--method=rmaml_out", "--regularizer=at", "--gamma_out=0.2", "--train_attack=pgd",
                           "--train_attack_steps=10"]),
@@ -33,28 +38,21 @@ METHODS = {
                       "FGSM-RS",
                       ["--method=rmaml_both", "--regularizer=at", "--gamma_out=0.2", "--gamma_in=0.1",
                        "--train_attack=fgsm_rs"]),
-    "rmaml_out_trades": ("R-MAML_out, TRADES (gamma_out 5), FGSM-RS on the KL",
-                         ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5", "--train_attack=fgsm_rs"]),
-    "rmaml_out_trades_unlabeled": ("R-MAML_out, TRADES (gamma_out 5) with unlabeled images in the KL term",
-                                   ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
-                                    "--train_attack=fgsm_rs"]),
+    "rmaml_out_trades": ("R-MAML_out, TRADES (gamma_out 5), FGSM-RS on the KL", TRADES),
+    "rmaml_out_trades_unlabeled": ("R-MAML_out, TRADES (gamma_out 5) with unlabeled images in the KL term", TRADES),
     "adml": ("ADML (Yin et al. 2018), FGSM-RS", ["--method=adml", "--regularizer=at", "--train_attack=fgsm_rs"]),
     "aq": ("Adversarial querying (Goldblum et al.), PGD-7 on the query",
            ["--method=aq", "--regularizer=at", "--train_attack=pgd", "--train_attack_steps=7"]),
     "rmaml_out_trades_cl": ("R-MAML_out, TRADES (gamma_out 5) + the auxiliary contrastive task (gamma_cl 0.1, clean views)",
-                            ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5", "--train_attack=fgsm_rs",
-                             "--gamma_cl=0.1", "--cl_views=clean"]),
+                            TRADES + CL_CLEAN),
     "rmaml_out_trades_cl_adv": ("R-MAML_out, TRADES (gamma_out 5) + the auxiliary contrastive task (gamma_cl 0.1, "
                                 "one view adversarial to the contrastive loss)",
-                                ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
-                                 "--train_attack=fgsm_rs", "--gamma_cl=0.1", "--cl_views=adversarial"]),
+                                TRADES + ["--gamma_cl=0.1", "--cl_views=adversarial"]),
     "rmaml_out_trades_unlabeled_cl": ("R-MAML_out, TRADES (gamma_out 5) with unlabeled images + the contrastive task "
                                       "(gamma_cl 0.1)",
-                                      ["--method=rmaml_out", "--regularizer=trades", "--gamma_out=5",
-                                       "--train_attack=fgsm_rs", "--gamma_cl=0.1", "--cl_views=clean"]),
+                                      TRADES + CL_CLEAN),
     "rmaml_out_at_fgsm_head": ("R-MAML_out, AT, FGSM-RS, fine-tuning only the head (train and test)",
-                               ["--method=rmaml_out", "--regularizer=at", "--gamma_out=0.2", "--train_attack=fgsm_rs",
-                                "--finetune=head", "--finetune_test=head"]),
+                               AT_OUT_FGSM + ["--finetune=head", "--finetune_test=head"]),
 }
 
 BASES = [
