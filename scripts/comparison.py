@@ -11,7 +11,7 @@ on the head only (`--head_test`). Steps whose output exists are skipped, so a st
   python scripts/comparison.py table --runs_dir=runs/omniglot                             # markdown table
 
 Trainings run one after another: on a shared machine, parallel runs make each other's timings
-meaningless.
+meaningless, and on the 2-core box two side by side added no throughput (docs/performance.md).
 """
 
 import argparse
@@ -26,6 +26,8 @@ from typing import NamedTuple, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from make_flagfiles import DATASETS, FLAGS_DIR, METHODS  # noqa: E402
+
+from tf_rmaml.attacks.summary import attack_summary  # noqa: E402
 
 ROWS = ["maml", *METHODS]
 
@@ -71,13 +73,6 @@ def _pct(value, ci):
     return f"{100 * value:.2f} +- {100 * ci:.2f}"
 
 
-def _attack(result):
-    a = result["attack"]
-    name = {"pgd": f"PGD-{a['steps']}", "strong": "strong"}.get(a["attack"], a["attack"])
-    return (f"{name}, eps {a['eps_255']:g}/255, step {255 * a['step_size']:g}/255, {a['restarts']} restart(s), "
-            f"{len(a.get('runs', []))} attack run(s), {result['num_tasks']} tasks")
-
-
 def table(runs_dir):
     """A markdown table of every evaluation JSON under runs_dir (one line per run and fine-tuning)."""
     lines = ["| run | fine-tuned at test | SA (%) | RA (%) | RA among clean-correct (%) | attack |",
@@ -95,7 +90,7 @@ def table(runs_dir):
             lines.append(f"| {run} | {ft} | {sa} | - | - | none, {result['num_tasks']} tasks |")
             continue
         lines.append(f"| {run} | {ft} | {sa} | {_pct(result['ra'], result['ra_ci95'])} | "
-                     f"{100 * result['ra_on_clean_correct']:.1f} | {_attack(result)} |")
+                     f"{100 * result['ra_on_clean_correct']:.1f} | {attack_summary(result['attack'], result['num_tasks'])} |")
     return "\n".join(lines)
 
 

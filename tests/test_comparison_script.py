@@ -43,8 +43,8 @@ def test_table_reports_the_attack_with_every_ra(tmp_path):
     (run / "test_clean.json").write_text(json.dumps(clean))
     table = comparison.table(str(tmp_path)).splitlines()
     assert len(table) == 4
-    assert table[3] == ("| rmaml_out_at_fgsm | all | 93.25 +- 0.24 | 82.02 +- 0.38 | 88.0 | PGD-10, eps 10/255, "
-                        "step 2/255, 1 restart(s), 1 attack run(s), 2400 tasks |")
+    assert table[3] == ("| rmaml_out_at_fgsm | all | 93.25 +- 0.24 | 82.02 +- 0.38 | 88.0 | PGD-10 (step 2/255, "
+                        "1 restart), L-inf eps 10/255, 2400 tasks |")
     assert table[2] == "| rmaml_out_at_fgsm | head | 50.00 +- 1.00 | - | - | none, 100 tasks |"
     with pytest.raises(SystemExit, match="No test_"):
         comparison.table(str(tmp_path / "empty"))

@@ -2,6 +2,8 @@
 
 import os
 
+from tf_rmaml.attacks.summary import attack_summary
+
 
 def plot_evaluation(results, path):
     """Writes a two-panel PNG for `rmaml-eval` results; returns the path, or None without matplotlib."""
@@ -23,8 +25,8 @@ def plot_evaluation(results, path):
         curve = results.get("ra_vs_eps", [])
         left.errorbar([p["eps_255"] for p in curve], [100 * p["ra"] for p in curve],
                       yerr=[100 * p["ra_ci95"] for p in curve], marker="s", capsize=3)
-        a = results["attack"]
-        left.set_title(f"RA vs eps ({a['attack']}, {a['steps']} steps, {a['restarts']} restart(s))")
+        what = attack_summary(results["attack"], with_eps=False)
+        left.set_title(f"RA vs eps: {what}", fontsize=8, wrap=True)
     left.set_xlabel("eps (x 1/255)")
     left.set_ylabel("accuracy (%)")
     right.set_xlabel("fine-tuning step")

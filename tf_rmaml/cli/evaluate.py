@@ -13,6 +13,7 @@ import os
 from absl import app, flags, logging
 
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
+from tf_rmaml.attacks.summary import attack_summary
 from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.backbones import FINETUNE_MODES
@@ -143,11 +144,10 @@ def main(argv):
     if png:
         logging.info("Plot: %s", png)
     if "ra" in results:
-        a = results["attack"]
         logging.info(
-            "RA %.2f%% +- %.2f%% under %s eps=%.4f (%.1f/255), %d steps of %.4f, %d restart(s), %d tasks, bn_mode=%s%s",
-            100 * results["ra"], 100 * results["ra_ci95"], a["attack"], a["eps"], a["eps_255"], a["steps"],
-            a["step_size"], a["restarts"], results["num_tasks"], results["bn_mode"],
+            "RA %.2f%% +- %.2f%% under %s, bn_mode=%s%s",
+            100 * results["ra"], 100 * results["ra_ci95"], attack_summary(results["attack"], results["num_tasks"]),
+            results["bn_mode"],
             "  [MASKING SUSPECTED: see checks]" if results.get("masking_suspected") else "",
         )
 
