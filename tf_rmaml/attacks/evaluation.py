@@ -11,6 +11,7 @@ import dataclasses
 import tensorflow as tf
 
 from tf_rmaml.attacks import core
+from tf_rmaml.attacks.summary import run_name
 from tf_rmaml.errors import ConfigError
 
 ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd", "apgd_ce", "apgd_dlr", "strong", "noise")
@@ -72,7 +73,7 @@ class AttackConfig:
         return {
             "attack": self.name, "eps": self.eps, "eps_255": self.eps * 255, "steps": self.steps,
             "step_size": self.step_size, "restarts": self.restarts, "norm": self.norm, "target": self.target,
-            "runs": [f"{k}-{loss}-{s}steps-restart{r}" for k, loss, s, r in self.runs()],
+            "runs": [run_name(run) for run in self.runs()],
         }
 
 

@@ -7,12 +7,18 @@ what actually ran: for `strong` that is PGD with more steps and restarts plus AP
 
 import collections
 
-_NAMES = {"pgd": "PGD", "apgd": "APGD", "fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "noise": "uniform noise"}
+_NAMES = {"fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "noise": "uniform noise"}
 
 
-def _parse_run(run):
-    """`'pgd-ce-20steps-restart3'` -> `('pgd', 'ce', 20)`."""
-    kind, loss, steps, _ = run.rsplit("-", 3)
+def run_name(run):
+    """`('pgd', 'ce', 20, 3)` (an `AttackConfig.runs()` entry) -> `'pgd-ce-20steps-restart3'`, as stored in JSON."""
+    kind, loss, steps, restart = run
+    return f"{kind}-{loss}-{steps}steps-restart{restart}"
+
+
+def _parse_run(name):
+    """The inverse of `run_name`, without the restart index: `'pgd-ce-20steps-restart3'` -> `('pgd', 'ce', 20)`."""
+    kind, loss, steps, _ = name.rsplit("-", 3)
     return kind, loss, int(steps[: -len("steps")])
 
 
@@ -24,15 +30,13 @@ def attack_summary(attack, num_tasks=None, with_eps=True):
     counts = collections.Counter(_parse_run(r) for r in attack.get("runs", []))
     parts = []
     for (kind, loss, steps), n in counts.items():
-        name = _NAMES.get(kind, kind)
-        if kind == "apgd":
-            name = f"APGD-{loss.upper()}-{steps}"
-        elif kind == "pgd":
-            name = f"PGD-{steps}" + ("" if loss == "ce" else f" ({loss.upper()} loss)")
         if kind == "pgd":
+            name = f"PGD-{steps}" + ("" if loss == "ce" else f" ({loss.upper()} loss)")
             name += f" x {n} restarts ({step})" if n > 1 else f" ({step}, 1 restart)"
-        elif n > 1:
-            name += f" x {n} draws"
+        else:
+            name = f"APGD-{loss.upper()}-{steps}" if kind == "apgd" else _NAMES.get(kind, kind)
+            if n > 1:
+                name += f" x {n} draws"
         parts.append(name)
     if not parts:  # an older JSON without the runs list, or no attack
         parts = [f"{attack['attack']} ({attack['steps']} steps, {step}, {attack['restarts']} restart(s))"]
