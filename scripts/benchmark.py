@@ -39,6 +39,8 @@ METHODS = {
     "rmaml_out_at": {"method": "rmaml_out", "regularizer": "at"},
     "rmaml_out_at_pgd": {"method": "rmaml_out", "regularizer": "at", "train_attack": "pgd", "train_attack_steps": 10},
     "rmaml_out_trades": {"method": "rmaml_out", "regularizer": "trades"},
+    # + 5 unlabeled images per task class in the KL term (the CPU flag files' --unlabeled_per_class).
+    "rmaml_out_trades_unlabeled": {"method": "rmaml_out", "regularizer": "trades", "unlabeled_per_class": 5},
     "rmaml_both_at": {"method": "rmaml_both", "regularizer": "at"},
     "adml": {"method": "adml", "regularizer": "at"},
     "aq": {"method": "aq", "regularizer": "at", "train_attack": "pgd", "train_attack_steps": 7},
@@ -85,7 +87,7 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     import keras
     import numpy as np
 
-    from tf_rmaml.data.episodes import EpisodeSource, EpisodeSpec
+    from tf_rmaml.data.episodes import EpisodeSource, EpisodeSpec, UnlabeledSpec
     from tf_rmaml.meta.contrastive import ContrastiveConfig, ContrastiveTask, build_head
     from tf_rmaml.meta.learner import MetaConfig, MetaLearner
     from tf_rmaml.meta.robust import RobustConfig
@@ -94,10 +96,12 @@ def measure(setting, mode, order, steps, warmup, meta_batch, inner_steps, method
     backbone, shape, classes = SETTINGS[setting]
     images = np.random.default_rng(0).integers(0, 256, size=(classes, 40) + shape, dtype=np.uint8)
     spec = EpisodeSpec(5, 1, int(os.environ.get("BENCH_QUERIES", 15)))
-    source = EpisodeSource(images, "train", spec, seed=0)
+    kwargs = dict(METHODS[method])
+    per_class = kwargs.pop("unlabeled_per_class", None)
+    unlabeled = UnlabeledSpec(per_class=per_class, classes="task") if per_class else None
+    source = EpisodeSource(images, "train", spec, seed=0, unlabeled=unlabeled)
     model = build_backbone(backbone, ways=5, input_shape=shape, seed=0)
     optimizer = keras.optimizers.Adam(1e-3, epsilon=1e-8)
-    kwargs = dict(METHODS[method])
     cl = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(ContrastiveConfig) if f.name in kwargs}
     robust = RobustConfig(train_eps=8 / 255, **kwargs)
     contrastive = None
