@@ -168,16 +168,19 @@ def train(config, train_dir, *, strategy=None):
         logging.info("Resumed from %s (step %d).", manager.latest_checkpoint, int(step_var.numpy()))
     start = int(step_var.numpy())
     r = config.robust
-    clean_weight, robust_weight = r.weights
-    logging.info(
-        "%s: %d trainable parameters, %s %d-way %d-shot, meta-batch %d, steps %d -> %d, method %s%s.",
-        config.backbone, sum(int(np.prod(v.shape)) for v in model.trainable_variables),
-        config.data.dataset, config.data.ways, config.data.shots, config.meta_batch, start, config.max_steps,
-        r.method, "" if r.method == "maml" else
+    method = r.method
+    if r.method != "maml":
         # The weights actually used (AQ ignores gamma_out, ADML is 1/2 + 1/2), not the flag's value.
-        f" ({r.regularizer}, meta-loss {clean_weight:g} x clean + {robust_weight:g} x robust"
-        f"{f', gamma_in {r.gamma_in:g}' if r.method == 'rmaml_both' else ''}, "
-        f"{r.train_attack} eps {r.train_eps * 255:.1f}/255, {r.outer_update})",
+        clean_weight, robust_weight = r.weights
+        details = [str(r.regularizer), f"meta-loss {clean_weight:g} x clean + {robust_weight:g} x robust"]
+        if r.method == "rmaml_both":
+            details.append(f"gamma_in {r.gamma_in:g}")
+        details += [f"{r.train_attack} eps {r.train_eps * 255:.1f}/255", r.outer_update]
+        method += f" ({', '.join(details)})"
+    logging.info(
+        "%s: %d trainable parameters, %s %d-way %d-shot, meta-batch %d, steps %d -> %d, method %s.",
+        config.backbone, sum(int(np.prod(v.shape)) for v in model.trainable_variables),
+        config.data.dataset, config.data.ways, config.data.shots, config.meta_batch, start, config.max_steps, method,
     )
 
     learner = MetaLearner(
