@@ -126,3 +126,15 @@ def test_apgd_counts_an_example_fooled_at_any_iterate():
     # Every example the returned point fools is in `fooled`; `fooled` can only add to it.
     assert np.all(fooled[wrong_at_best]) and fooled.sum() >= wrong_at_best.sum()
     np.testing.assert_array_equal(x_best, core.apgd(logits_fn, x, y, EPS, steps=20, seed=SEED, loss="ce"))
+
+
+def test_apgd_adapts_each_example_on_its_own():
+    """Without coupling between examples (no batch norm), APGD on a batch is APGD on each example
+    alone: step sizes, restarts from the best point and best points are per example."""
+    logits_fn = _mlp_model(seed=4)
+    x, y = _data(n=6, seed=7)
+    batch, fooled = core.apgd(logits_fn, x, y, EPS, steps=30, loss="ce", return_fooled=True)
+    for i in range(6):
+        alone, alone_fooled = core.apgd(logits_fn, x[i:i + 1], y[i:i + 1], EPS, steps=30, loss="ce", return_fooled=True)
+        np.testing.assert_allclose(batch[i:i + 1].numpy(), alone.numpy(), atol=1e-6)
+        assert bool(fooled[i]) == bool(alone_fooled[0])

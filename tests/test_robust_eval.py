@@ -46,27 +46,67 @@ def test_running_bn_mode_differs_from_batch_mode():
     assert batch["sa_per_step"] != running["sa_per_step"]
 
 
+def _per_task(mean, n=60, spread=0.25, seed=0):
+    """Per-task accuracies (multiples of 1/75, as 75 queries) around `mean` with a wide spread."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round((mean + spread * rng.standard_normal(n)) * 75) / 75, 0, 1)
+
+
 def test_checks_flag_masking():
-    ok, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.295, "transfer": 0.6},
-                               [(0.02, 0.5), (0.08, 0.1)], 0.01)
-    assert not suspected and all(c["passed"] for c in ok.values())
-    bad, suspected = run_checks(0.9, 0.3, 0.04, {"eps0": 0.8, "noise": 0.2, "stronger": 0.4, "transfer": 0.1},
-                                [(0.08, 0.5)], 0.01)
+    main = _per_task(0.3)
+    ok, suspected = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9), "noise": main + 0.4, "stronger": main,
+                                                 "transfer": main + 0.2},
+                               [(0.02, main + 0.1), (0.08, main - 0.1)])
+    assert not suspected and all(c["passed"] for c in ok.values()), ok
+    bad, suspected = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.8), "noise": main - 0.2,
+                                                  "stronger": main + 0.1, "transfer": main - 0.2},
+                                [(0.08, main + 0.2)])
     assert suspected
     assert [name for name, c in bad.items() if c["passed"]] == ["attack_converged"]
     # A stronger attack that still lowers RA a lot: the attack had not converged.
-    weak, suspected = run_checks(0.9, 0.5, 0.04, {"eps0": 0.9, "noise": 0.85, "stronger": 0.45, "transfer": 0.8},
-                                 [], 0.01)
+    weak, suspected = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9), "noise": main + 0.4,
+                                                   "stronger": main - 0.05, "transfer": main + 0.2}, [(0.08, main - 0.1)])
     assert suspected and [name for name, c in weak.items() if not c["passed"]] == ["attack_converged"]
-    assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger", "transfer"}
+    assert set(check_attacks(AttackConfig("pgd"))) == {"eps0", "noise", "stronger"}
+    assert set(check_attacks(AttackConfig("pgd"), transfer=True)) == {"eps0", "noise", "stronger", "transfer"}
     assert set(check_attacks(AttackConfig("pgd", target="support"))) == {"eps0", "stronger"}
     assert check_attacks(AttackConfig("none")) == {}
+
+
+def test_checks_compare_the_same_tasks_pairwise():
+    """A drop of one query in 75 on a quarter of the tasks is far inside the between-task CI of RA
+    (+-6 points here) but certain task by task: the convergence check must see it."""
+    main = _per_task(0.3)
+    stronger = main.copy()
+    stronger[::4] = np.maximum(stronger[::4] - 1 / 75, 0)
+    unpaired_ci = 1.96 * main.std(ddof=1) / np.sqrt(main.size)
+    assert main.mean() - stronger.mean() < unpaired_ci / 10
+    checks, suspected = run_checks(0.9, main, 0.04, {"stronger": stronger}, [(0.08, main - 0.1)])
+    assert suspected and checks["attack_converged"]["passed"] is False
+    assert "paired" in checks["attack_converged"]["detail"]
+    # Random-start noise that goes both ways is not a failure.
+    rng = np.random.default_rng(5)
+    wobble = np.clip(main + rng.choice([-1, 0, 0, 1], main.size) / 75, 0, 1)
+    checks, suspected = run_checks(0.9, main, 0.04, {"stronger": np.minimum(wobble, main + 1 / 75)}, [(0.08, main - 0.1)])
+    assert checks["attack_converged"]["passed"] is True
+
+
+def test_a_check_that_cannot_run_is_not_a_pass():
+    main = _per_task(0.3)
+    checks, suspected = run_checks(0.9, main, 0.04, {"stronger": main}, [],
+                                   {"transfer_does_not_beat_white_box": "no trained surrogate"})
+    assert not suspected
+    assert checks["ra_does_not_rise_with_eps"]["passed"] is None and "--eps_list" in checks["ra_does_not_rise_with_eps"]["detail"]
+    assert checks["transfer_does_not_beat_white_box"] == {"passed": None, "detail": "not run: no trained surrogate"}
+    with pytest.raises(ValueError, match="same tasks"):
+        run_checks(0.9, main, 0.04, {"stronger": main[:10]}, [])
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"eps": 1.5}, "--eps must be in"), ({"steps": -1}, "--attack_steps"), ({"name": "cw"}, "Unknown --attack"),
-     ({"restarts": 0}, "--attack_restarts")],
+     ({"restarts": 0}, "--attack_restarts"), ({"name": "strong", "norm": "l2"}, "--attack_norm=l2"),
+     ({"name": "apgd_ce", "norm": "l2"}, "--attack_norm=l2")],
 )
 def test_bad_attack_settings_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):

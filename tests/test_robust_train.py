@@ -69,6 +69,27 @@ def test_unlabeled_images_come_from_the_tasks_global_classes_or_explicitly_other
         del u_images
 
 
+def test_other_classes_skip_the_rotations_of_the_task_characters():
+    """With --omniglot_rotations a character is 4 classes (4c..4c+3): "other" must not draw a rotated
+    copy of a task character, whose images are the episode's own images turned."""
+    from tf_rmaml.train import class_groups
+
+    names = [f"Alpha/character{c:02d}/rot{deg:03d}" for c in range(6) for deg in (0, 90, 180, 270)]
+    groups = class_groups(names)
+    np.testing.assert_array_equal(groups, np.arange(24) // 4)
+    np.testing.assert_array_equal(class_groups(["a/x", "a/y", "b/x"]), [0, 1, 2])
+    per_class = 10
+    source = EpisodeSource(_labelled_images(classes=24, per_class=per_class), "train", EpisodeSpec(3, 1, 2), seed=2,
+                           unlabeled=UnlabeledSpec(per_class=2, classes="other", groups=groups))
+    for index in range(30):
+        ep = source.episode(index)
+        u_classes = ep["unlabeled_classes"].numpy()
+        assert not set(groups[u_classes]) & set(groups[ep["classes"].numpy()])
+    with pytest.raises(DataError, match="counting the rotations"):
+        EpisodeSource(_labelled_images(classes=24), "train", EpisodeSpec(3, 1, 2), 0,
+                      UnlabeledSpec(per_class=2, classes="other", groups=np.arange(24) // 5))
+
+
 def test_unlabeled_pool_and_bad_requests():
     images = _labelled_images()
     pool = np.full((30, 4, 4, 1), 200, np.uint8)

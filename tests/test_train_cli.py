@@ -1,4 +1,4 @@
-"""The command lines end to end on real Omniglot: smoke run, exact resume after a kill, clear errors."""
+"""The command lines end to end on real Omniglot: smoke run, exact resume after SIGKILL and SIGTERM, clear errors."""
 
 import json
 import os
@@ -54,6 +54,10 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
         robust = json.load(f)
     assert robust["ra"] <= robust["sa"] and robust["attack"]["eps_255"] == pytest.approx(10.0)
     assert robust["checks"]["ra_at_eps0_equals_sa"]["passed"]
+    # No trained surrogate given: the transfer check says it did not run, and is no pass.
+    transfer = robust["checks"]["transfer_does_not_beat_white_box"]
+    assert transfer["passed"] is None and "--surrogate_dir" in transfer["detail"]
+    assert len(robust["ra_per_task"]) == len(robust["sa_per_task"]) == 4
     assert [p["eps"] for p in robust["ra_vs_eps"]] == sorted(p["eps"] for p in robust["ra_vs_eps"])
     # Scalars written for TensorBoard.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -99,6 +103,34 @@ def test_eval_finetune_test_override_equals_a_run_configured_so(smoke_run, tmp_p
 
 
 @needs_data
+def test_transfer_check_attacks_from_the_trained_surrogate(smoke_run, tmp_path):
+    """--surrogate_dir loads that run and fine-tunes it as that run says: a copy of the evaluated
+    run as surrogate computes the very attack of the white-box one."""
+    import shutil
+
+    from tf_rmaml.attacks.evaluation import AttackConfig
+    from tf_rmaml.errors import ConfigError
+    from tf_rmaml.evaluate import evaluate_run
+
+    twin = str(tmp_path / "twin")
+    shutil.copytree(smoke_run, twin)
+    kwargs = dict(num_tasks=2, attack=AttackConfig("pgd", eps=10 / 255, steps=2), attack_at="last", tasks_per_call=2,
+                  queries=3)
+    with pytest.raises(ConfigError, match="evaluated run itself"):
+        evaluate_run(smoke_run, surrogate_dir=smoke_run, **kwargs)
+    result = evaluate_run(smoke_run, surrogate_dir=twin, **kwargs)
+    assert result["check_attacks"]["transfer"]["ra"] == result["ra"]
+    assert result["checks"]["transfer_does_not_beat_white_box"]["passed"] is True
+    with open(os.path.join(twin, "config.json")) as f:
+        config = json.load(f)
+    config["data"]["ways"] = 3
+    with open(os.path.join(twin, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ConfigError, match="same images and classes"):
+        evaluate_run(smoke_run, surrogate_dir=twin, **kwargs)
+
+
+@needs_data
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     common = [
         f"--flagfile={SMOKE}", "--max_steps=30", "--checkpoint_every=1", "--eval_every=0",
@@ -125,11 +157,29 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     stopped_at = int(tf.train.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
     assert 5 <= stopped_at < 30
 
+    # Resumed with no periodic checkpoints, then SIGTERM: the run finishes its meta-iteration,
+    # saves it and exits 143; nothing is saved half-way through an iteration.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tf_rmaml.cli.train", *common, "--checkpoint_every=1000", f"--train_dir={killed}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    for line in proc.stderr:
+        if f"step {stopped_at + 2}/30" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    terminated_at = int(tf.train.latest_checkpoint(os.path.dirname(index)).rsplit("-", 1)[1])
+    assert stopped_at + 2 <= terminated_at < 30 and f"Stopped by SIGTERM after step {terminated_at}" in rest
+
     _cli("train", *common, f"--train_dir={killed}")
     a, b = _variables(straight), _variables(killed)
     assert a.keys() == b.keys()
     assert any("optimizer" in k for k in a), "optimizer state must be checkpointed"
     for name in a:
+        if name.startswith("save_counter"):  # how many saves were made: bookkeeping, not the run's state
+            continue
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 

@@ -10,6 +10,7 @@ from absl import logging
 from tf_rmaml.attacks.checks import check_attacks, run_checks
 from tf_rmaml.attacks.evaluation import perturb
 from tf_rmaml.config import TrainConfig
+from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.models.backbones import finetune_mask
@@ -38,7 +39,7 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
                  eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None,
                  eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True, tasks_per_call=8,
-                 finetune_test=None):
+                 finetune_test=None, surrogate_dir=None):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:
@@ -48,13 +49,16 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
       attack_at: "all" (RA after every fine-tuning step) or "last".
       bn_mode: "batch" (batch statistics, the paper's protocol) or "running".
       checks: run the gradient-masking checks (see `tf_rmaml.attacks.checks`).
+      surrogate_dir: another trained run on the same dataset and ways (independent of this one:
+        another seed or method), the source of the transfer check; without it that check is
+        reported as not run. An untrained surrogate would make it a second noise check.
       tasks_per_call: tasks per call of the compiled evaluation function (speed only).
       finetune_test: which layers adapt at meta-test ("all", "head", "last_block"); default: the run's.
 
     Returns a JSON-ready dict with `sa`, `sa_ci95`, `num_tasks`, `checkpoint_step`,
     per-step accuracies, the evaluation settings and, with an attack, `ra`, `ra_ci95`,
     `ra_on_clean_correct`, the attack's description, `ra_vs_eps`, `checks` and
-    `masking_suspected`.
+    `masking_suspected`; `sa_per_task` and `ra_per_task` for paired comparisons.
     """
     config = TrainConfig.load(train_dir)
     overrides = {k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir, "queries": queries}.items()
@@ -70,7 +74,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     if attack is not None and attack.name != "none":
         attacks.append(attack)
         names.append("main")
-        extra = check_attacks(attack) if checks else {}
+        extra = check_attacks(attack, transfer=surrogate_dir is not None) if checks else {}
         for name, cfg in extra.items():
             attacks.append(cfg)
             names.append(name)
@@ -80,14 +84,13 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         if support_attack is not None:
             attacks.append(support_attack)
             names.append("support")
-    surrogate = None
+    surrogate, surrogate_finetune = None, None
     if any(a.target == "transfer" for a in attacks):
-        # Same architecture, independent initialisation, not trained: the black-box source.
-        surrogate = build_model(dataclasses.replace(config, seed=config.seed + 1_000_003), source.image_shape)
+        surrogate, surrogate_finetune = _surrogate(surrogate_dir, train_dir, config, source.image_shape)
     evaluator = FineTuneEvaluator(
         model, steps=steps, lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test),
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
-        surrogate=surrogate, tasks_per_call=tasks_per_call,
+        surrogate=surrogate, surrogate_finetune=surrogate_finetune, tasks_per_call=tasks_per_call,
     )
     start, logged = time.perf_counter(), [0]
 
@@ -112,19 +115,43 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
             key=lambda r: r["eps"],
         )
         if "support" in by_name:
-            results["support_attack"] = by_name["support"]
+            results["support_attack"] = _without_per_task(by_name["support"])
         if checks:
-            checks_ra = {n: by_name[n]["ra"] for n in ("eps0", "noise", "stronger", "transfer") if n in by_name}
-            curve = [(e["eps"], e["ra"]) for n, e in by_name.items() if n.startswith("eps=")]
-            tolerance = max(0.005, results["ra_ci95"])
+            measured = [n for n in ("eps0", "noise", "stronger", "transfer") if n in by_name]
+            checks_ra = {n: by_name[n]["ra_per_task"] for n in measured}
+            curve = [(e["eps"], e["ra_per_task"]) for n, e in by_name.items() if n.startswith("eps=")]
+            skipped = {}
+            if attack.target == "query" and "transfer" not in checks_ra:
+                skipped["transfer_does_not_beat_white_box"] = (
+                    "no trained surrogate (pass --surrogate_dir=<another run on the same dataset>)")
             results["checks"], results["masking_suspected"] = run_checks(
-                results["sa"], results["ra"], attack.eps, checks_ra, curve, tolerance)
-            results["check_attacks"] = {n: by_name[n] for n in checks_ra}
+                results["sa"], results["ra_per_task"], attack.eps, checks_ra, curve, skipped)
+            results["check_attacks"] = {n: _without_per_task(by_name[n]) for n in measured}
             for name, check in results["checks"].items():
-                if not check["passed"]:
+                if check["passed"] is False:
                     logging.warning("Robustness check failed (%s): %s. Gradient masking or a weak attack "
                                     "is suspected; do not trust this RA.", name, check["detail"])
     return results
+
+
+def _without_per_task(entry):
+    return {k: v for k, v in entry.items() if k != "ra_per_task"}
+
+
+def _surrogate(surrogate_dir, train_dir, config, image_shape):
+    """The trained surrogate of the transfer check and its `(steps, lr, mask)` of fine-tuning."""
+    if surrogate_dir is None:
+        raise ConfigError("A transfer attack needs a trained surrogate: pass --surrogate_dir=<another run>.")
+    if os.path.realpath(surrogate_dir) == os.path.realpath(train_dir):
+        raise ConfigError(f"--surrogate_dir={surrogate_dir} is the evaluated run itself; a transfer check needs "
+                          "an independently trained run (another seed or method) on the same dataset.")
+    other = TrainConfig.load(surrogate_dir)
+    if (other.data.dataset, other.data.ways) != (config.data.dataset, config.data.ways):
+        raise ConfigError(
+            f"--surrogate_dir={surrogate_dir} was trained on {other.data.dataset} {other.data.ways}-way, the evaluated "
+            f"run on {config.data.dataset} {config.data.ways}-way: the surrogate must see the same images and classes.")
+    model, other, _, _ = restore_model(surrogate_dir, input_shape=image_shape)
+    return model, (other.meta.inner_steps_test, other.meta.inner_lr, finetune_mask(model, other.meta.finetune_test))
 
 
 def _with_finetune_test(config, finetune_test):

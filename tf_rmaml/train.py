@@ -9,6 +9,9 @@ stopped would have seen.
 import dataclasses
 import json
 import os
+import re
+import signal
+import threading
 import time
 
 import keras
@@ -40,8 +43,16 @@ def load_episodes(config, split, seed):
     unlabeled = None
     if split == "train" and d.unlabeled_source != "none":
         pool = None if d.unlabeled_source == "split" else load_pool(d.unlabeled_source, data.image_shape)
-        unlabeled = UnlabeledSpec(per_class=d.unlabeled_per_class, classes=d.unlabeled_classes, pool=pool)
+        unlabeled = UnlabeledSpec(per_class=d.unlabeled_per_class, classes=d.unlabeled_classes, pool=pool,
+                                  groups=class_groups(data.class_names))
     return EpisodeSource(data.images, split, d.spec, seed, unlabeled=unlabeled)
+
+
+def class_groups(names):
+    """`[num_classes]` group ids: the rotated copies of one Omniglot character (`".../rot090"`) share one."""
+    bases = [re.sub(r"/rot\d{3}$", "", name) for name in names]
+    index = {}
+    return np.array([index.setdefault(b, len(index)) for b in bases], np.int32)
 
 
 def build_model(config, input_shape):
@@ -125,6 +136,38 @@ def write_hparams(config, train_dir):
         hp.hparams(flat_config(config), trial_id=os.path.basename(os.path.normpath(train_dir)))
 
 
+class _StopRequest:
+    """SIGINT or SIGTERM during training: finish the meta-iteration, save it, then stop.
+
+    One meta-iteration moves the weights, the optimizer, the step and the augmenter's random state
+    together; an exception raised between two of those (where Python delivers a KeyboardInterrupt)
+    would save them out of step, and the resumed run would not be the run never stopped. A second
+    signal stops at once without saving; the last complete checkpoint stays. Outside the main
+    thread signals cannot be caught here, and nothing is installed.
+    """
+
+    def __init__(self):
+        self.signal, self._previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        logging.warning("%s: stopping after this meta-iteration, with a checkpoint (send it again to stop at once, "
+                        "without saving).", self.signal)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def validate(evaluator, source, num_tasks):
     """Meta-validation on the first `num_tasks` episodes of `source` (fixed for the run)."""
     return evaluator.evaluate(source.dataset(0, num_tasks))
@@ -132,6 +175,9 @@ def validate(evaluator, source, num_tasks):
 
 def train(config, train_dir, *, strategy=None):
     """Meta-trains (or resumes) a run in `train_dir`; returns the final metrics dict.
+
+    SIGINT or SIGTERM (from the main thread) ends the run after the current meta-iteration with a
+    checkpoint of it; the dict then has `stopped_by` (the signal's name).
 
     Args:
       config: a `TrainConfig`.
@@ -206,7 +252,7 @@ def train(config, train_dir, *, strategy=None):
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
     step = start
-    try:
+    with _StopRequest() as stop:
         for step in range(start + 1, config.max_steps + 1):
             grads, metrics, bn_state = learner.compute(next(batches))
             metrics = {k: float(v) for k, v in metrics.items()}
@@ -235,9 +281,13 @@ def train(config, train_dir, *, strategy=None):
                     step, config.max_steps, metrics["meta_loss"], metrics["query_acc_before"],
                     metrics["query_acc_after"], robust, its, _format_eta((config.max_steps - step) / max(its, 1e-9)),
                 )
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
+            if step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal is not None:
                 # Before validation: a failure there must not cost training progress.
                 manager.save(checkpoint_number=step)
+            if stop.signal is not None:
+                logging.info("Stopped by %s after step %d, saved; run the same command to resume.", stop.signal, step)
+                results["stopped_by"] = stop.signal
+                break
             if val_source is not None and (step % config.eval_every == 0 or step == config.max_steps):
                 val = validate(evaluator, val_source, config.eval_tasks)
                 with val_writer.as_default(step=step):
@@ -248,11 +298,6 @@ def train(config, train_dir, *, strategy=None):
                     step, 100 * val["sa"], 100 * val["sa_ci95"], val["num_tasks"], config.meta.inner_steps_test,
                 )
                 results["val"] = val
-    except KeyboardInterrupt:
-        if step > start:
-            manager.save(checkpoint_number=int(step_var.numpy()))
-            logging.info("Interrupted: saved step %d; run the same command to resume.", int(step_var.numpy()))
-        raise
     writer.flush()
     val_writer.flush()
     results["step"] = int(step_var.numpy())

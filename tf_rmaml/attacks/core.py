@@ -157,18 +157,20 @@ def trades_attack(logits_fn, x, eps, *, seed, steps=1, step_size=None, clean_pro
 
 
 def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75, alpha=0.75, return_fooled=False):
-    """APGD (Croce & Hein, 2020), L-inf, one restart.
+    """APGD (Croce & Hein, 2020), L-inf, one restart, with a step size per example.
 
-    Step size starts at 2 eps and is halved at checkpoints w_j (p_0 = 0, p_1 = 0.22,
-    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) when, since the last checkpoint, the loss
-    rose in fewer than a fraction `rho` of the steps, or the step size was not reduced and the best
-    loss did not improve; after a halving the iterate restarts from the best point. Momentum
-    `alpha` = 0.75 mixes the projected step with the previous displacement. Tracks the best
-    point per batch loss.
+    Each example's step size starts at 2 eps and is halved at checkpoints w_j (p_0 = 0,
+    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) when, since the last checkpoint,
+    its loss rose in fewer than a fraction `rho` of the steps, or its step size was not reduced
+    and its best loss did not improve; after a halving the example restarts from its best point.
+    Momentum `alpha` = 0.75 mixes the projected step with the previous displacement. Returns
+    each example's best point (highest loss seen).
 
-    With `return_fooled` (labels only) also returns `[B]` bool: the example was misclassified at
-    some iterate. Every iterate is a valid perturbed batch, so, as AutoAttack does, an example
-    fooled at any of them is not robust.
+    With batch-statistics batch norm an example's loss depends on the rest of the batch, so the
+    returned batch of per-example best points need not have been evaluated as a whole; the
+    evaluator scores it on its own. With `return_fooled` (labels only) also returns `[B]` bool:
+    the example was misclassified at some iterate. Every iterate is a valid perturbed batch, so,
+    as AutoAttack does, an example fooled at any of them is not robust.
     """
     steps = int(steps)
     # Checkpoints of the step-size schedule.
@@ -177,13 +179,14 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     checkpoints = tf.constant(sorted({int(round(q * steps)) for q in p if 0 < q <= 1.0}), tf.int32)
 
+    def per_image(v):  # [B] -> [B, 1, ..., 1], to scale or select whole images
+        return tf.reshape(v, tf.concat([tf.shape(v), tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+
     x0 = random_start(x, eps, seed) if seed is not None else tf.identity(x)
-    grad, losses, logits0 = _gradient(logits_fn, x0, target, loss)
-    f0 = tf.reduce_sum(losses)
-    eta = tf.constant(2.0 * eps, x.dtype)
-    x1 = project(x0 + eta * tf.sign(grad), x, eps)
-    grad1, losses1, logits1 = _gradient(logits_fn, x1, target, loss)
-    f1 = tf.reduce_sum(losses1)
+    grad, f0, logits0 = _gradient(logits_fn, x0, target, loss)
+    eta = tf.fill(tf.shape(f0), tf.constant(2.0 * eps, x.dtype))
+    x1 = project(x0 + per_image(eta) * tf.sign(grad), x, eps)
+    grad1, f1, logits1 = _gradient(logits_fn, x1, target, loss)
     labels = tf.cast(target, tf.int32) if loss != "kl" else None
 
     def wrong(logits):
@@ -192,37 +195,37 @@ def apgd(logits_fn, x, target, eps, *, steps=100, seed=None, loss="ce", rho=0.75
         return tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
 
     fooled = tf.logical_or(wrong(logits0), wrong(logits1))
-    better = f1 >= f0
+    better = per_image(f1 >= f0)
     x_best = tf.where(better, x1, x0)
     f_best = tf.maximum(f1, f0)
     g_best = tf.where(better, grad1, grad)
     x_prev, x_cur, g_cur, f_cur = x0, x1, grad1, f1
-    successes = tf.cast(f1 > f0, tf.float32)
+    successes = tf.cast(f1 > f0, x.dtype)
     last_check, f_best_at_check, eta_at_check = tf.constant(0, tf.int32), f_best, eta
     # A graph loop (tf.range), not an unrolled one: 100-step attacks otherwise take minutes to trace.
     for k in tf.range(1, steps):
-        z = project(x_cur + eta * tf.sign(g_cur), x, eps)
+        z = project(x_cur + per_image(eta) * tf.sign(g_cur), x, eps)
         x_next = project(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev), x, eps)
-        g_next, losses_next, logits_next = _gradient(logits_fn, x_next, target, loss)
-        f_next = tf.reduce_sum(losses_next)
+        g_next, f_next, logits_next = _gradient(logits_fn, x_next, target, loss)
         fooled = tf.logical_or(fooled, wrong(logits_next))
-        successes += tf.cast(f_next > f_cur, tf.float32)
-        improved = f_next > f_best
+        successes += tf.cast(f_next > f_cur, x.dtype)
+        improved = per_image(f_next > f_best)
         x_best = tf.where(improved, x_next, x_best)
         g_best = tf.where(improved, g_next, g_best)
         f_best = tf.maximum(f_best, f_next)
         x_prev, x_cur, g_cur, f_cur = x_cur, x_next, g_next, f_next
-        # At a checkpoint: halve the step if too few steps raised the loss, or if neither the
-        # step nor the best loss changed since the last checkpoint; then restart from the best.
+        # At a checkpoint, per example: halve the step if too few steps raised the loss, or if
+        # neither the step nor the best loss changed since the last checkpoint; then restart
+        # that example from its best point.
         at_check = tf.reduce_any(tf.equal(k, checkpoints))
-        window = tf.cast(k - last_check, tf.float32)
+        window = tf.cast(k - last_check, x.dtype)
         cond1 = successes < rho * window
         cond2 = tf.logical_and(tf.equal(eta, eta_at_check), tf.equal(f_best, f_best_at_check))
         halve = tf.logical_and(at_check, tf.logical_or(cond1, cond2))
         eta_at_check = tf.where(at_check, eta, eta_at_check)
         eta = tf.where(halve, eta / 2.0, eta)
-        x_cur = tf.where(halve, x_best, x_cur)
-        g_cur = tf.where(halve, g_best, g_cur)
+        x_cur = tf.where(per_image(halve), x_best, x_cur)
+        g_cur = tf.where(per_image(halve), g_best, g_cur)
         successes = tf.where(at_check, tf.zeros_like(successes), successes)
         last_check = tf.where(at_check, k, last_check)
         f_best_at_check = tf.where(at_check, f_best, f_best_at_check)

@@ -52,6 +52,9 @@ class AttackConfig:
             raise ConfigError(f"--attack_step_size must be > 0, got {self.step_size}.")
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"--attack_norm must be linf or l2, got {self.norm!r}.")
+        if self.norm == "l2" and self.name not in ("pgd", "noise", "none"):
+            raise ConfigError(f"--attack_norm=l2 is implemented for --attack=pgd only (FGSM and APGD, and so strong, "
+                              f"are L-inf here), got --attack={self.name}.")
 
     def runs(self):
         """The list of (kind, loss, steps, restart index) runs this attack consists of."""
@@ -91,6 +94,9 @@ def _run(logits_fn, x, y, config, run, seed):
     if kind == "pgd":
         return core.pgd(logits_fn, x, y, eps, steps=steps, step_size=config.step_size, seed=seed,
                         norm=config.norm, loss=loss), None
+    # APGD's random start differs from PGD's of the same restart index, and CE's from DLR's: in
+    # `strong` the three would otherwise all start from one point.
+    seed = tf.random.experimental.stateless_fold_in(seed, {"ce": 1, "dlr": 2}[loss])
     return core.apgd(logits_fn, x, y, eps, steps=steps, seed=seed, loss=loss, return_fooled=True)
 
 

@@ -50,7 +50,10 @@ flags.DEFINE_integer("tasks_per_call", 8, "Tasks evaluated together in one compi
 flags.DEFINE_enum("finetune_test", None, FINETUNE_MODES,
                   "Which layers adapt at meta-test (default: the run's --finetune_test), e.g. head to measure "
                   "light fine-tuning of a model meta-trained with full fine-tuning.")
+flags.DEFINE_enum("attack_norm", "linf", ("linf", "l2"), "Threat model: L-inf ball, or L2 (PGD and noise only).")
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
+flags.DEFINE_string("surrogate_dir", None, "Another trained run on the same dataset (another seed or method): "
+                    "the source of the checks' transfer attack. Without it the transfer check is not run.")
 flags.mark_flag_as_required("train_dir")
 
 DEFAULT_EPS_255 = {"omniglot": 10.0, "cifar_fs": 8.0, "miniimagenet": 2.0}
@@ -76,7 +79,7 @@ def attack_from_flags(dataset):
         eps_list.append(value)
     target = "support" if FLAGS.attack_target == "support" else "query"
     attack = AttackConfig(FLAGS.attack, eps=eps, steps=FLAGS.attack_steps, step_size=FLAGS.attack_step_size,
-                          restarts=FLAGS.attack_restarts, target=target)
+                          restarts=FLAGS.attack_restarts, norm=FLAGS.attack_norm, target=target)
     support = dataclasses.replace(attack, target="support") if FLAGS.attack_target == "both" else None
     return attack, eps_list, support
 
@@ -112,7 +115,7 @@ def main(argv):
         inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries, data_dir=FLAGS.data_dir,
         cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
         eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
-        tasks_per_call=FLAGS.tasks_per_call, finetune_test=FLAGS.finetune_test,
+        tasks_per_call=FLAGS.tasks_per_call, finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir,
     )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -6,6 +6,7 @@ Running the same command again resumes from the latest checkpoint in --train_dir
 """
 
 import os
+import signal
 
 from absl import app, flags, logging
 
@@ -30,6 +31,9 @@ def main(argv):
     os.makedirs(FLAGS.train_dir, exist_ok=True)
     FLAGS.append_flags_into_file(os.path.join(FLAGS.train_dir, "flags.txt"))
     results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
+    if "stopped_by" in results:
+        # The shell's convention for a process ended by a signal: 128 + its number.
+        raise SystemExit(128 + getattr(signal, results["stopped_by"]))
     if "val" in results:
         logging.info("Final meta-validation SA: %.2f%% +- %.2f%%", 100 * results["val"]["sa"], 100 * results["val"]["sa_ci95"])
 

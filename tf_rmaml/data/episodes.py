@@ -109,11 +109,15 @@ class UnlabeledSpec:
         classes, never an image of the episode; "other" from `ways` classes not in the task.
       pool: optional uint8 `[N, H, W, ch]` of outside images (a user's folder or .npz);
         then `ways * per_class` of them are drawn per task, and `classes` does not apply.
+      groups: optional int `[num_classes]`: classes of one group (the four rotations of an
+        Omniglot character) count as one for "other", which then never draws a class that shares
+        a group with a task class. Default: every class its own group.
     """
 
     per_class: int = 20
     classes: str = "task"
     pool: object = None
+    groups: object = None
 
     def check(self, num_classes, per_class, spec, image_shape):
         if self.per_class < 1:
@@ -134,16 +138,22 @@ class UnlabeledSpec:
             raise DataError(
                 f"--unlabeled_per_class={self.per_class} is more than the {per_class - spec.shots - spec.queries} "
                 f"images per class left after shots and queries; lower it or use --unlabeled_classes=other.")
-        if self.classes == "other" and (num_classes < 2 * spec.ways or self.per_class > per_class):
+        if self.groups is not None and np.shape(self.groups) != (num_classes,):
+            raise DataError(f"Unlabeled class groups must have one entry per class ({num_classes}), "
+                            f"got shape {np.shape(self.groups)}.")
+        groups = num_classes if self.groups is None else len(np.unique(self.groups))
+        if self.classes == "other" and (groups < 2 * spec.ways or self.per_class > per_class):
             raise DataError(
-                f"--unlabeled_classes=other needs >= {2 * spec.ways} classes and --unlabeled_per_class <= {per_class}.")
+                f"--unlabeled_classes=other needs >= {2 * spec.ways} classes (counting the rotations of a character "
+                f"as one) and --unlabeled_per_class <= {per_class}.")
 
 
 def unlabeled_indices(seed, classes, image_ids, num_classes, per_class, unlabeled):
     """Which split images are a task's unlabeled images: `(class ids [U], image ids [U])`.
 
     "task": for each task class, `per_class` images of that class outside the episode.
-    "other": `ways` classes outside the task, `per_class` images each.
+    "other": `ways` classes outside the task's class groups (`unlabeled.groups`), `per_class`
+    images each.
     """
     ways = classes.shape[0]
     class_seed, image_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -152,7 +162,9 @@ def unlabeled_indices(seed, classes, image_ids, num_classes, per_class, unlabele
         used = tf.reduce_any(tf.equal(image_ids[:, :, None], tf.range(per_class)[None, None]), axis=1)  # [ways, P]
         keys = tf.where(used, -1.0, tf.random.stateless_uniform([ways, per_class], seed=image_seed))
     else:
-        in_task = tf.reduce_any(tf.equal(classes[:, None], tf.range(num_classes)[None]), axis=0)
+        groups = (tf.range(num_classes) if unlabeled.groups is None
+                  else tf.constant(np.asarray(unlabeled.groups), tf.int32))
+        in_task = tf.reduce_any(tf.equal(tf.gather(groups, classes)[:, None], groups[None]), axis=0)
         class_keys = tf.where(in_task, -1.0, tf.random.stateless_uniform([num_classes], seed=class_seed))
         pool_classes = tf.math.top_k(class_keys, k=ways).indices
         keys = tf.random.stateless_uniform([ways, per_class], seed=image_seed)

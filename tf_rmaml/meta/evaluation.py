@@ -47,14 +47,17 @@ class FineTuneEvaluator:
       bn_mode: "batch" or "running".
       seed: integer seed of the attacks' random starts (task `i` uses fold_in(seed, i)).
       jit_compile: compile the per-task function with XLA.
-      surrogate: a second model of the same architecture; attacks with target "transfer" are
-        computed on it (fine-tuned on the same support) and applied to `model` (black box).
+      surrogate: a second, independently trained model for the same images and classes; attacks
+        with target "transfer" are computed on it (fine-tuned on the same clean support) and
+        applied to `model` (black box).
+      surrogate_finetune: `(steps, lr, mask)` of the surrogate's fine-tuning (default: `steps`,
+        `lr` and all layers).
       tasks_per_call: tasks evaluated by one call of the compiled function (a `tf.map_fn`
         whose iterations run in parallel); results do not depend on it.
     """
 
     def __init__(self, model, *, steps, lr, mask, attacks=(), attack_at="all", bn_mode="batch", seed=0,
-                 jit_compile=False, surrogate=None, tasks_per_call=8):
+                 jit_compile=False, surrogate=None, surrogate_finetune=None, tasks_per_call=8):
         if bn_mode not in ("batch", "running"):
             raise ConfigError(f"--bn_mode must be batch or running, got {bn_mode!r}.")
         if attack_at not in ("all", "last"):
@@ -63,6 +66,9 @@ class FineTuneEvaluator:
         self.attacks, self.attack_at, self.bn_mode = tuple(attacks), attack_at, bn_mode
         self.seed = int(seed)
         self.surrogate = surrogate
+        if surrogate is not None and surrogate_finetune is None:
+            surrogate_finetune = (self.steps, self.lr, [True] * len(surrogate.trainable_variables))
+        self.surrogate_finetune = surrogate_finetune
         if surrogate is None and any(a.target == "transfer" for a in self.attacks):
             raise ConfigError("Transfer attacks need a surrogate model.")
         if tasks_per_call < 1:
@@ -121,9 +127,10 @@ class FineTuneEvaluator:
     def _surrogate_logits_fn(self, support_x, support_y, training):
         params = [v.value for v in self.surrogate.trainable_variables]
         state = [v.value for v in self.surrogate.non_trainable_variables]
+        steps, lr, mask = self.surrogate_finetune
         fast, state, _ = inner_loop.adapt(
-            self.surrogate, params, state, support_x, support_y, steps=self.steps, lr=self.lr,
-            mask=[True] * len(params), first_order=True, training=training,
+            self.surrogate, params, state, support_x, support_y, steps=steps, lr=lr, mask=mask,
+            first_order=True, training=training,
         )
         return lambda x: inner_loop.forward(self.surrogate, fast, state, x, training=training)[0]
 
@@ -143,6 +150,8 @@ class FineTuneEvaluator:
         `sa_ci95_per_step` (lists of steps + 1), `num_tasks`; with attacks also `ra`,
         `ra_ci95`, `ra_per_step`, `ra_ci95_per_step`, `ra_on_clean_correct` (of the first
         attack) and `attacks` (one entry per attack, with its description and numbers).
+        `sa_per_task` and each attack's `ra_per_task` (after the last step, in task order) allow
+        paired comparisons of two attacks, or two models, on the same tasks.
         RA counts a query as robust only if it is correct clean and under every run of the attack.
         """
         sa, ra, clean_last, robust_last = [], [], [], []
@@ -169,6 +178,7 @@ class FineTuneEvaluator:
             "sa_per_step": [s[0] for s in stats],
             "sa_ci95_per_step": [s[1] for s in stats],
             "num_tasks": int(sa.shape[0]),
+            "sa_per_task": sa[:, -1].tolist(),
             "bn_mode": self.bn_mode,
         }
         if not self.attacks:
@@ -186,9 +196,11 @@ class FineTuneEvaluator:
                 "ra_per_step": [per_step[s][0] if s in per_step else None for s in range(self.steps + 1)],
                 "ra_ci95_per_step": [per_step[s][1] if s in per_step else None for s in range(self.steps + 1)],
                 "ra_on_clean_correct": float(np.sum(np.stack(robust_last)[:, k]) / clean_total) if clean_total else 0.0,
+                "ra_per_task": ra[:, k, self.steps].tolist(),
             })
         head = entries[0]
-        out.update({k: head[k] for k in ("ra", "ra_ci95", "ra_per_step", "ra_ci95_per_step", "ra_on_clean_correct")})
+        out.update({k: head[k] for k in ("ra", "ra_ci95", "ra_per_step", "ra_ci95_per_step", "ra_on_clean_correct",
+                                         "ra_per_task")})
         out["attack"] = {k: v for k, v in head.items() if not k.startswith("ra")}
         out["attacks"] = entries
         return out
