@@ -9,7 +9,6 @@ stopped would have seen.
 import dataclasses
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ from absl import logging
 from tf_rmaml.config import TrainConfig, config_differences
 from tf_rmaml.data import sources
 from tf_rmaml.data.episodes import EpisodeSource, UnlabeledSpec
+from tf_rmaml.data.omniglot import character_groups
 from tf_rmaml.data.unlabeled import load_pool
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.contrastive import ContrastiveTask, build_head
@@ -44,15 +44,8 @@ def load_episodes(config, split, seed):
     if split == "train" and d.unlabeled_source != "none":
         pool = None if d.unlabeled_source == "split" else load_pool(d.unlabeled_source, data.image_shape)
         unlabeled = UnlabeledSpec(per_class=d.unlabeled_per_class, classes=d.unlabeled_classes, pool=pool,
-                                  groups=class_groups(data.class_names))
+                                  groups=character_groups(data.class_names))
     return EpisodeSource(data.images, split, d.spec, seed, unlabeled=unlabeled)
-
-
-def class_groups(names):
-    """`[num_classes]` group ids: the rotated copies of one Omniglot character (`".../rot090"`) share one."""
-    bases = [re.sub(r"/rot\d{3}$", "", name) for name in names]
-    index = {}
-    return np.array([index.setdefault(b, len(index)) for b in bases], np.int32)
 
 
 def build_model(config, input_shape):

@@ -435,3 +435,11 @@ def rotate_classes(images, names):
     new_names = tuple(f"{n}/rot{deg:03d}" for n in names
                       for deg in ROTATIONS_DEG)
     return rotated, new_names
+
+
+def character_groups(names):
+    """`[num_classes]` int32 group ids from class names: the rotated copies `"<name>/rotNNN"` of one
+    character (see `rotate_classes`) share one; any other name is a group of its own."""
+    bases = [re.sub(r"/rot\d{3}$", "", name) for name in names]
+    index = {}
+    return np.array([index.setdefault(b, len(index)) for b in bases], np.int32)
