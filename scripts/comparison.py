@@ -3,12 +3,15 @@
 Every row trains from its flag file (`flags/<dataset>_<row>_5w1s[_cpu].flags`) and is scored on the
 same fixed test tasks: SA and RA under PGD-10 (the paper's protocol) on --num_tasks tasks, then RA
 under `--attack=strong` on --strong_tasks tasks; optionally the same model fine-tuned at test time
-on the head only (`--head_test`). Steps whose output exists are skipped, so a stopped `run` resumes
-(training itself resumes from its last checkpoint).
+on the head only (`--head_test`). After every row is trained, the gradient-masking checks run on
+--checks_tasks tasks: PGD-10 at eps 0, half and twice the radius, uniform noise, twice the steps with
+one more restart, and a transfer attack from another trained row (`--surrogate_row`, default maml;
+the surrogate row itself takes the first other row of --rows). Steps whose output exists are skipped, so a
+stopped `run` resumes (training itself resumes from its last checkpoint).
 
   python scripts/comparison.py plan --dataset=omniglot --cpu --runs_dir=runs/omniglot    # print the commands
   python scripts/comparison.py run --dataset=omniglot --cpu --runs_dir=runs/omniglot --rows=maml,rmaml_out_at_fgsm
-  python scripts/comparison.py table --runs_dir=runs/omniglot                             # markdown table
+  python scripts/comparison.py table --runs_dir=runs/omniglot                             # markdown tables
 
 Trainings run one after another: on a shared machine, parallel runs make each other's timings
 meaningless, and on the 2-core box two side by side added no throughput (docs/performance.md).
@@ -27,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from make_flagfiles import DATASETS, FLAGS_DIR, METHODS  # noqa: E402
 
-from tf_rmaml.attacks.summary import attack_summary  # noqa: E402
+from tf_rmaml.attacks.summary import EVAL_EPS_255, attack_summary  # noqa: E402
 
 ROWS = ["maml", *METHODS]
 
@@ -42,9 +45,12 @@ class Step(NamedTuple):
     cmd: list
 
 
-def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test):
-    """The steps of each row, in order: train (it resumes, or does nothing when finished), then evaluate."""
-    steps = []
+def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test, checks_tasks=0, surrogate_row="maml"):
+    """The steps of each row, in order: train (it resumes, or does nothing when finished), then evaluate;
+    then, once every row is trained, the masking checks of each row."""
+    if surrogate_row not in ROWS:
+        raise SystemExit(f"Unknown --surrogate_row {surrogate_row!r}; choose from {', '.join(ROWS)}.")
+    steps, checks = [], []
     for row in rows:
         if row not in ROWS:
             raise SystemExit(f"Unknown row {row!r}; choose from {', '.join(ROWS)}.")
@@ -55,18 +61,30 @@ def plan(dataset, rows, runs_dir, cpu, num_tasks, strong_tasks, head_test):
         steps.append(Step(None, os.path.join(run, "train.log"),
                           [sys.executable, "-m", "tf_rmaml.cli.train", f"--flagfile={path}", f"--train_dir={run}"]))
 
-        def evaluation(name, tasks, *extra):
+        def evaluation(name, tasks, *extra, run=run):
             out = os.path.join(run, f"{name}.json")
             return Step(out, os.path.join(run, f"{name}.log"),
                         [sys.executable, "-m", "tf_rmaml.cli.evaluate", f"--train_dir={run}", "--queries=15",
-                         "--attack_at=last", "--nochecks", f"--num_tasks={tasks}", *extra, f"--output_json={out}"])
+                         "--attack_at=last", f"--num_tasks={tasks}", *extra, f"--output_json={out}"])
 
-        steps.append(evaluation(f"test_pgd10_{num_tasks}", num_tasks, "--attack=pgd"))
+        steps.append(evaluation(f"test_pgd10_{num_tasks}", num_tasks, "--attack=pgd", "--nochecks"))
         if strong_tasks:
-            steps.append(evaluation(f"test_strong_{strong_tasks}", strong_tasks, "--attack=strong"))
+            steps.append(evaluation(f"test_strong_{strong_tasks}", strong_tasks, "--attack=strong", "--nochecks"))
         if head_test and not row.endswith("_head"):
-            steps.append(evaluation(f"test_pgd10_{num_tasks}_head", num_tasks, "--attack=pgd", "--finetune_test=head"))
-    return steps
+            steps.append(evaluation(f"test_pgd10_{num_tasks}_head", num_tasks, "--attack=pgd", "--nochecks",
+                                    "--finetune_test=head"))
+        if checks_tasks:
+            eps = EVAL_EPS_255[dataset] / 255
+            others = [r for r in rows if r != row]
+            surrogate = surrogate_row if row != surrogate_row else (others[0] if others else None)
+            if surrogate is not None and surrogate not in rows and not os.path.exists(
+                    os.path.join(runs_dir, surrogate, "config.json")):
+                surrogate = None  # not trained here and not planned: the JSON reports the transfer check not run
+            extra = ["--attack=pgd", f"--eps_list={eps / 2!r},{2 * eps!r}"]
+            if surrogate is not None:
+                extra.append(f"--surrogate_dir={os.path.join(runs_dir, surrogate)}")
+            checks.append(evaluation(f"checks_pgd10_{checks_tasks}", checks_tasks, *extra))
+    return steps + checks
 
 
 def _pct(value, ci):
@@ -91,6 +109,16 @@ def table(runs_dir):
             continue
         lines.append(f"| {run} | {ft} | {sa} | {_pct(result['ra'], result['ra_ci95'])} | "
                      f"{100 * result['ra_on_clean_correct']:.1f} | {attack_summary(result['attack'], result['num_tasks'])} |")
+    checked = sorted(glob.glob(os.path.join(runs_dir, "*", "checks_*.json")))
+    if checked:
+        lines += ["", "| run | check | result | detail |", "|---|---|---|---|"]
+    for path in checked:
+        with open(path) as f:
+            result = json.load(f)
+        run = os.path.basename(os.path.dirname(path))
+        for name, check in sorted(result.get("checks", {}).items()):
+            verdict = {True: "passed", False: "**failed**", None: "not run"}[check["passed"]]
+            lines.append(f"| {run} | {name} | {verdict} | {check['detail']} |")
     return "\n".join(lines)
 
 
@@ -104,12 +132,15 @@ def main(argv=None):
     parser.add_argument("--num_tasks", type=int, default=2400)
     parser.add_argument("--strong_tasks", type=int, default=240, help="0: no strong attack")
     parser.add_argument("--head_test", action="store_true", help="also evaluate with head-only fine-tuning")
+    parser.add_argument("--checks_tasks", type=int, default=240, help="tasks of the masking checks; 0: none")
+    parser.add_argument("--surrogate_row", default="maml", help="the trained row whose model is the transfer "
+                        "check's surrogate for every other row")
     args = parser.parse_args(argv)
     if args.command == "table":
         print(table(args.runs_dir))
         return
     steps = plan(args.dataset, args.rows.split(","), args.runs_dir, args.cpu, args.num_tasks, args.strong_tasks,
-                 args.head_test)
+                 args.head_test, args.checks_tasks, args.surrogate_row)
     for step in steps:
         if args.command == "plan":
             print(shlex.join(step.cmd))

@@ -118,6 +118,8 @@ def test_transfer_check_attacks_from_the_trained_surrogate(smoke_run, tmp_path):
                   queries=3)
     with pytest.raises(ConfigError, match="evaluated run itself"):
         evaluate_run(smoke_run, surrogate_dir=smoke_run, **kwargs)
+    with pytest.raises(ConfigError, match="none runs here"):
+        evaluate_run(smoke_run, surrogate_dir=twin, checks=False, **kwargs)
     result = evaluate_run(smoke_run, surrogate_dir=twin, **kwargs)
     assert result["check_attacks"]["transfer"]["ra"] == result["ra"]
     assert result["checks"]["transfer_does_not_beat_white_box"]["passed"] is True

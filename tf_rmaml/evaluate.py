@@ -60,6 +60,12 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     `ra_on_clean_correct`, the attack's description, `ra_vs_eps`, `checks` and
     `masking_suspected`; `sa_per_task` and `ra_per_task` for paired comparisons.
     """
+    transfer = checks and attack is not None and attack.name != "none" and attack.target == "query"
+    if surrogate_dir is not None and not transfer:
+        raise ConfigError(
+            f"--surrogate_dir={surrogate_dir} is used only by the transfer check of a query attack's masking checks, "
+            "and none runs here (--nochecks, --attack=none or --attack_target=support): drop --surrogate_dir, or "
+            "evaluate a query attack with the checks on.")
     config = TrainConfig.load(train_dir)
     overrides = {k: v for k, v in {"data_dir": data_dir, "cache_dir": cache_dir, "queries": queries}.items()
                  if v is not None}

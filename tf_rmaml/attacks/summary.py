@@ -8,6 +8,8 @@ what actually ran: for `strong` that is PGD with more steps and restarts plus AP
 import collections
 
 _NAMES = {"fgsm": "FGSM", "fgsm_rs": "FGSM-RS", "noise": "uniform noise"}
+# The radius each dataset is evaluated at (1/255 units), as the paper's code: the default of rmaml-eval.
+EVAL_EPS_255 = {"omniglot": 10.0, "cifar_fs": 8.0, "miniimagenet": 2.0}
 
 
 def run_name(run):

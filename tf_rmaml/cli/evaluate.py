@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
-from tf_rmaml.attacks.summary import attack_summary
+from tf_rmaml.attacks.summary import EVAL_EPS_255, attack_summary
 from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.backbones import FINETUNE_MODES
@@ -56,8 +56,6 @@ flags.DEFINE_string("surrogate_dir", None, "Another trained run on the same data
                     "the source of the checks' transfer attack. Without it the transfer check is not run.")
 flags.mark_flag_as_required("train_dir")
 
-DEFAULT_EPS_255 = {"omniglot": 10.0, "cifar_fs": 8.0, "miniimagenet": 2.0}
-
 
 def attack_from_flags(dataset):
     if FLAGS.eps is not None and FLAGS.eps_255 is not None:
@@ -67,7 +65,7 @@ def attack_from_flags(dataset):
     elif FLAGS.eps is not None:
         eps = FLAGS.eps
     else:
-        eps = DEFAULT_EPS_255[dataset] / 255
+        eps = EVAL_EPS_255[dataset] / 255
     eps_list = []
     for item in FLAGS.eps_list:
         try:
