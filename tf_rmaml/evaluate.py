@@ -60,7 +60,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
     `ra_on_clean_correct`, the attack's description, `ra_vs_eps`, `checks` and
     `masking_suspected`; `sa_per_task` and `ra_per_task` for paired comparisons.
     """
-    transfer = checks and attack is not None and attack.name != "none" and attack.target == "query"
+    # Whether the checks would include a transfer attack, given a surrogate.
+    transfer = bool(checks and attack is not None and "transfer" in check_attacks(attack, transfer=True))
     if surrogate_dir is not None and not transfer:
         raise ConfigError(
             f"--surrogate_dir={surrogate_dir} is used only by the transfer check of a query attack's masking checks, "
@@ -127,7 +128,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
             checks_ra = {n: by_name[n]["ra_per_task"] for n in measured}
             curve = [(e["eps"], e["ra_per_task"]) for n, e in by_name.items() if n.startswith("eps=")]
             skipped = {}
-            if attack.target == "query" and "transfer" not in checks_ra:
+            if transfer and "transfer" not in checks_ra:
                 skipped["transfer_does_not_beat_white_box"] = (
                     "no trained surrogate (pass --surrogate_dir=<another run on the same dataset>)")
             results["checks"], results["masking_suspected"] = run_checks(
