@@ -7,7 +7,7 @@ on the head only (`--head_test`). After every row is trained, the gradient-maski
 --checks_tasks tasks: PGD-10 at eps 0, half and twice the radius, uniform noise, twice the steps with
 one more restart, and a transfer attack from another trained row (`--surrogate_row`, default maml;
 the surrogate row itself takes the first other row of --rows). Steps whose output exists are skipped, so a
-stopped `run` resumes (training itself resumes from its last checkpoint).
+stopped `run` resumes (training from its last checkpoint, an evaluation from its last saved task).
 
   python scripts/comparison.py plan --dataset=omniglot --cpu --runs_dir=runs/omniglot    # print the commands
   python scripts/comparison.py run --dataset=omniglot --cpu --runs_dir=runs/omniglot --rows=maml,rmaml_out_at_fgsm

@@ -186,6 +186,56 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 @needs_data
+def test_eval_stopped_by_sigterm_resumes_to_the_uninterrupted_result(smoke_run, tmp_path):
+    # PGD and a curve point: two attacks per task, both resumed.
+    args = [f"--train_dir={smoke_run}", "--num_tasks=24", "--tasks_per_call=4", "--nochecks", "--attack_at=last",
+            "--attack_steps=2", "--eps_list=0.02"]
+    straight = str(tmp_path / "straight.json")
+    _cli("evaluate", *args, f"--output_json={straight}")
+
+    out = str(tmp_path / "stopped.json")
+    partial = out + ".partial.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "tf_rmaml.cli.evaluate", *args, f"--output_json={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "evaluated 4/24 tasks" in line:  # logged after the first compiled call
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    assert not os.path.exists(out) and os.path.exists(partial), rest[-3000:]
+    with np.load(partial) as f:
+        saved = len(f["sa"])
+    assert 4 <= saved < 24 and saved % 4 == 0 and f"stopped after {saved}/24 tasks" in rest
+
+    # Other settings than the saved tasks': refused, naming the file and what differs.
+    proc = _cli("evaluate", *args, "--attack_steps=3", f"--output_json={out}", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert partial in proc.stderr and "--noresume" in proc.stderr and "2 steps" in proc.stderr, proc.stderr[-3000:]
+
+    _cli("evaluate", *args, f"--output_json={out}")
+    assert not os.path.exists(partial)
+    with open(straight) as f:
+        a = json.load(f)
+    with open(out) as f:
+        b = json.load(f)
+    assert a["resumed_at_task"] == 0 and b["resumed_at_task"] == saved
+    for key in ("sa_per_task", "ra_per_task", "sa_per_step", "ra_per_step", "ra_on_clean_correct", "ra_vs_eps",
+                "num_tasks"):
+        assert a[key] == b[key], key
+
+    # --noresume starts over from an unreadable file instead of refusing it.
+    with open(partial, "w") as f:
+        f.write("not an npz")
+    proc = _cli("evaluate", *args, f"--output_json={out}", check=False)
+    assert proc.returncode != 0 and "not a readable partial evaluation" in proc.stderr, proc.stderr[-3000:]
+    _cli("evaluate", *args, "--num_tasks=4", "--attack=none", "--noresume", f"--output_json={out}")
+    with open(out) as f:
+        assert json.load(f)["sa_per_task"] == a["sa_per_task"][:4]
+
+
+@needs_data
 @pytest.mark.parametrize(
     "args,message",
     [

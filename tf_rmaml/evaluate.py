@@ -1,6 +1,7 @@
 """Meta-testing a trained run: restore, fine-tune on each test support set, score."""
 
 import dataclasses
+import json
 import os
 import time
 
@@ -12,7 +13,7 @@ from tf_rmaml.attacks.evaluation import perturb
 from tf_rmaml.config import TrainConfig
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta import inner_loop
-from tf_rmaml.meta.evaluation import FineTuneEvaluator
+from tf_rmaml.meta.evaluation import FineTuneEvaluator, load_outcomes, save_outcomes
 from tf_rmaml.models.backbones import finetune_mask
 from tf_rmaml.train import CHECKPOINT_SUBDIR, build_model, load_episodes, make_checkpoint
 
@@ -39,7 +40,7 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
                  eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None,
                  eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True, tasks_per_call=8,
-                 finetune_test=None, surrogate_dir=None):
+                 finetune_test=None, surrogate_dir=None, partial_path=None, save_every_seconds=30.0):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:
@@ -54,6 +55,10 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         reported as not run. An untrained surrogate would make it a second noise check.
       tasks_per_call: tasks per call of the compiled evaluation function (speed only).
       finetune_test: which layers adapt at meta-test ("all", "head", "last_block"); default: the run's.
+      partial_path: where the per-task outcomes so far are saved (every `save_every_seconds`, and
+        when an exception or interrupt stops the evaluation); if the file exists, the evaluation
+        resumes after its tasks, provided it came from the same model and settings (else a
+        ConfigError). The caller deletes it once the results are stored.
 
     Returns a JSON-ready dict with `sa`, `sa_ci95`, `num_tasks`, `checkpoint_step`,
     per-step accuracies, the evaluation settings and, with an attack, `ra`, `ra_ci95`,
@@ -99,20 +104,48 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
         surrogate=surrogate, surrogate_finetune=surrogate_finetune, tasks_per_call=tasks_per_call,
     )
-    start, logged = time.perf_counter(), [0]
+    settings = {
+        "checkpoint": os.path.realpath(path), "checkpoint_step": step, "split": split, "eval_seed": seed,
+        "dataset": config.data.dataset, "ways": config.data.ways, "shots": config.data.shots,
+        "queries": config.data.queries, "inner_steps_test": steps, "inner_lr": config.meta.inner_lr,
+        "finetune_test": config.meta.finetune_test, "bn_mode": bn_mode, "attack_at": attack_at,
+        "attacks": [{"role": n, **a.describe()} for n, a in zip(names, attacks)],
+        "surrogate": os.path.realpath(surrogate_dir) if surrogate is not None else None,
+    }
+    done, seconds_before = _resume(partial_path, settings, num_tasks)
+    resumed_at = len(done)
+    start = time.perf_counter()
+    logged, saved = [None, start], [resumed_at, start]  # (tasks, time) of the last log line and save
 
-    def progress(done):
-        if done - logged[0] >= 200 or done == num_tasks:
-            logged[0] = done
-            rate = done / (time.perf_counter() - start)
-            logging.info("evaluated %d/%d tasks (%.1f tasks/s)", done, num_tasks, rate)
+    def save():
+        if partial_path is not None and len(done) > saved[0]:
+            save_outcomes(partial_path, done, settings, seconds_before + time.perf_counter() - start)
+            saved[:] = [len(done), time.perf_counter()]
 
-    results = evaluator.evaluate(source.dataset(0, num_tasks), progress=progress)
+    def progress(count):
+        # The first call (tracing done), every 200 tasks or minute, and the last.
+        now = time.perf_counter()
+        if logged[0] is None or count - logged[0] >= 200 or now - logged[1] >= 60 or count == num_tasks:
+            logged[:] = [count, now]
+            rate = (count - resumed_at) / (now - start)
+            logging.info("evaluated %d/%d tasks (%.1f tasks/s)", count, num_tasks, rate)
+        if now - saved[1] >= save_every_seconds and count < num_tasks:
+            save()
+
+    try:
+        results = evaluator.evaluate(source.dataset(resumed_at, num_tasks), progress=progress, done=done)
+    except BaseException:
+        # Killed by a signal turned into an exception, or failed: what was done is kept.
+        save()
+        if partial_path is not None and done:
+            logging.warning("Evaluation stopped after %d/%d tasks; they are saved in %s and the same command "
+                            "resumes from there.", len(done), num_tasks, partial_path)
+        raise
     results.update(
         checkpoint_step=step, checkpoint=path, split=split, eval_seed=seed, dataset=config.data.dataset,
         ways=config.data.ways, shots=config.data.shots, queries=config.data.queries, inner_steps_test=steps,
         inner_lr=config.meta.inner_lr, finetune_test=config.meta.finetune_test, bn_mode=bn_mode,
-        seconds=time.perf_counter() - start,
+        seconds=seconds_before + time.perf_counter() - start, resumed_at_task=resumed_at,
     )
     if attacks:
         by_name = dict(zip(names, results.pop("attacks")))
@@ -139,6 +172,32 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
                     logging.warning("Robustness check failed (%s): %s. Gradient masking or a weak attack "
                                     "is suspected; do not trust this RA.", name, check["detail"])
     return results
+
+
+def _resume(partial_path, settings, num_tasks):
+    """`(done, seconds)` of an interrupted evaluation saved at `partial_path` (nothing: `([], 0)`)."""
+    if partial_path is None or not os.path.exists(partial_path):
+        return [], 0.0
+    try:
+        done, saved, seconds = load_outcomes(partial_path)
+    except Exception as e:  # a truncated or foreign file
+        raise ConfigError(f"{partial_path} is not a readable partial evaluation ({type(e).__name__}: {e}); "
+                          "delete it (or pass --noresume) to start the evaluation over.") from e
+    settings = json.loads(json.dumps(settings))  # as saved: tuples are lists
+    differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if differ:
+        def attacks(entries):
+            return ", ".join(f"{a['role']}: {a['attack']} eps {a['eps_255']:.3g}/255 {a['steps']} steps "
+                             f"{a['restarts']} restarts" for a in entries or ())
+        shown = "; ".join(f"attacks: saved [{attacks(saved.get(k))}], now [{attacks(settings.get(k))}]"
+                          if k == "attacks" else f"{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}"
+                          for k in differ)
+        raise ConfigError(
+            f"{partial_path} holds {len(done)} tasks of an interrupted evaluation with other settings ({shown}). "
+            "Rerun the command that started it to resume, or pass --noresume (or delete the file) to start over.")
+    logging.info("Resuming the evaluation saved in %s: %d of %d tasks done.", partial_path, min(len(done), num_tasks),
+                 num_tasks)
+    return done[:num_tasks], seconds
 
 
 def _without_per_task(entry):

@@ -9,6 +9,7 @@ steps of the run's config unless overridden) and scores the query set.
 import dataclasses
 import json
 import os
+import signal
 
 from absl import app, flags, logging
 
@@ -54,6 +55,8 @@ flags.DEFINE_enum("attack_norm", "linf", ("linf", "l2"), "Threat model: L-inf ba
 flags.DEFINE_bool("checks", True, "Run the gradient-masking checks (extra attacks).")
 flags.DEFINE_string("surrogate_dir", None, "Another trained run on the same dataset (another seed or method): "
                     "the source of the checks' transfer attack. Without it the transfer check is not run.")
+flags.DEFINE_bool("resume", True, "Continue an interrupted evaluation from <output_json>.partial.npz (saved every "
+                  "30 s and when stopped; it must come from the same model and flags). --noresume starts over.")
 flags.mark_flag_as_required("train_dir")
 
 
@@ -108,19 +111,60 @@ def main(argv):
     if FLAGS.tasks_per_call < 1:
         raise ConfigError(f"--tasks_per_call must be >= 1, got {FLAGS.tasks_per_call}.")
     attack, eps_list, support_attack = attack_from_flags(TrainConfig.load(FLAGS.train_dir).data.dataset)
-    results = evaluate_run(
-        FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
-        inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries, data_dir=FLAGS.data_dir,
-        cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile), attack=attack,
-        eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at, bn_mode=FLAGS.bn_mode, checks=FLAGS.checks,
-        tasks_per_call=FLAGS.tasks_per_call, finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir,
-    )
     out = FLAGS.output_json or os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    partial = out + ".partial.npz"
+    if not FLAGS.resume and os.path.exists(partial):
+        logging.info("--noresume: starting over; removing %s.", partial)
+        os.remove(partial)
+    with _SignalsInterrupt() as stop:
+        try:
+            results = evaluate_run(
+                FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
+                inner_steps_test=FLAGS.inner_steps_test, eval_seed=FLAGS.eval_seed, queries=FLAGS.queries,
+                data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir, jit_compile=common.resolve_jit_compile(FLAGS.jit_compile),
+                attack=attack, eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at,
+                bn_mode=FLAGS.bn_mode, checks=FLAGS.checks, tasks_per_call=FLAGS.tasks_per_call,
+                finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir, partial_path=partial,
+            )
+        except KeyboardInterrupt:
+            if stop.signal is None:
+                raise
+            # The shell's convention for a process ended by a signal: 128 + its number.
+            raise SystemExit(128 + getattr(signal, stop.signal))
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, out)
+    if os.path.exists(partial):
+        os.remove(partial)
+    _report(results, attack, out)
+
+
+class _SignalsInterrupt:
+    """SIGTERM (and SIGINT) during the evaluation raise KeyboardInterrupt, so that the tasks
+    done are saved before the process ends; `signal` is the name of the one received."""
+
+    def __init__(self):
+        self.signal, self._previous = None, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _report(results, attack, out):
+    """Plot, TensorBoard summaries and examples, and the log lines of a finished evaluation."""
     png = plot_evaluation(results, os.path.splitext(out)[0] + ".png")
     logdir = os.path.join(FLAGS.train_dir, f"eval_{FLAGS.split}")
     write_summaries(results, logdir)

@@ -1,6 +1,8 @@
 """Meta-testing: fine-tune on the clean support set, measure query accuracy per step."""
 
+import json
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -142,9 +144,15 @@ class FineTuneEvaluator:
         )
         return inner_loop.forward(self.model, fast, state, query_x, training=training)[0]
 
-    def evaluate(self, episodes, progress=None):
-        """Evaluates every task of an iterable of single-task dicts (in order; task `i` of the
-        iterable gets attack seed `fold_in(seed, i)`).
+    def evaluate(self, episodes, progress=None, done=None):
+        """Evaluates every task of an iterable of single-task dicts (in order; task `i` gets
+        attack seed `fold_in(seed, i)`).
+
+        `done` resumes an interrupted evaluation: the outcomes of tasks `0 .. len(done) - 1`
+        (a list from an earlier call, see `save_outcomes`), to which `episodes` (starting at task
+        `len(done)`) appends one outcome per task as each compiled call returns, whole calls at a
+        time; a caller can save it from `progress(tasks_done)` and resume from it. Tasks do not
+        depend on each other, so a resumed evaluation returns what an uninterrupted one would.
 
         Returns a dict: `sa` and `sa_ci95` after the last step, `sa_per_step` and
         `sa_ci95_per_step` (lists of steps + 1), `num_tasks`; with attacks also `ra`,
@@ -154,23 +162,32 @@ class FineTuneEvaluator:
         paired comparisons of two attacks, or two models, on the same tasks.
         RA counts a query as robust only if it is correct clean and under every run of the attack.
         """
-        sa, ra, clean_last, robust_last = [], [], [], []
+        done = [] if done is None else done
         for batch, count in _batches(episodes, self.tasks_per_call):
             # A short last batch is padded with copies of its last task (one trace for all
             # calls); the copies' results are dropped.
-            index = tf.minimum(tf.range(len(sa), len(sa) + self.tasks_per_call, dtype=tf.int64), len(sa) + count - 1)
+            first = len(done)
+            index = tf.minimum(tf.range(first, first + self.tasks_per_call, dtype=tf.int64), first + count - 1)
             cleans, robusts = self._batch_fn(batch["support_x"], batch["support_y"], batch["query_x"],
                                              batch["query_y"], index)
-            for clean, robust in zip(cleans.numpy()[:count], robusts.numpy()[:count]):
-                sa.append(clean.mean(-1))
-                ra.append(robust.mean(-1))  # [attacks, steps + 1]
-                clean_last.append(clean[-1].sum())
-                robust_last.append(robust[:, -1].sum(-1))
+            # One extend: an interrupt between two appends could not leave half a call behind.
+            done.extend(
+                # [steps + 1] SA, [attacks, steps + 1] RA, clean-correct and robust queries at the last step.
+                (clean.mean(-1), robust.mean(-1), clean[-1].sum(), robust[:, -1].sum(-1))
+                for clean, robust in zip(cleans.numpy()[:count], robusts.numpy()[:count])
+            )
             if progress is not None:
-                progress(len(sa))
-        if not sa:
+                progress(len(done))
+        return self.summarize(done)
+
+    def summarize(self, done):
+        """The results dict of `evaluate` from per-task outcomes."""
+        if not done:
             raise ValueError("No tasks to evaluate.")
-        sa, ra = np.stack(sa), np.stack(ra)  # [tasks, steps + 1], [tasks, attacks, steps + 1]
+        sa = np.stack([d[0] for d in done])  # [tasks, steps + 1]
+        ra = np.stack([d[1] for d in done])  # [tasks, attacks, steps + 1]
+        clean_last = np.asarray([d[2] for d in done])
+        robust_last = np.stack([d[3] for d in done])  # [tasks, attacks]
         stats = [mean_ci95(sa[:, k]) for k in range(sa.shape[1])]
         out = {
             "sa": stats[-1][0],
@@ -195,7 +212,7 @@ class FineTuneEvaluator:
                 "ra_ci95": per_step[self.steps][1],
                 "ra_per_step": [per_step[s][0] if s in per_step else None for s in range(self.steps + 1)],
                 "ra_ci95_per_step": [per_step[s][1] if s in per_step else None for s in range(self.steps + 1)],
-                "ra_on_clean_correct": float(np.sum(np.stack(robust_last)[:, k]) / clean_total) if clean_total else 0.0,
+                "ra_on_clean_correct": float(np.sum(robust_last[:, k]) / clean_total) if clean_total else 0.0,
                 "ra_per_task": ra[:, k, self.steps].tolist(),
             })
         head = entries[0]
@@ -204,6 +221,29 @@ class FineTuneEvaluator:
         out["attack"] = {k: v for k, v in head.items() if not k.startswith("ra")}
         out["attacks"] = entries
         return out
+
+
+def save_outcomes(path, done, settings, seconds):
+    """Writes per-task outcomes (see `FineTuneEvaluator.evaluate`) atomically to an .npz file,
+    with `settings` (a JSON-ready dict: what produced them) and the `seconds` spent so far."""
+    arrays = {"settings": np.asarray(json.dumps(settings, sort_keys=True)), "seconds": np.asarray(float(seconds))}
+    if done:
+        arrays.update(sa=np.stack([d[0] for d in done]), ra=np.stack([d[1] for d in done]),
+                      clean_last=np.asarray([d[2] for d in done]), robust_last=np.stack([d[3] for d in done]))
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_outcomes(path):
+    """`(done, settings, seconds)` from a file written by `save_outcomes`."""
+    with np.load(path) as f:
+        settings, seconds = json.loads(str(f["settings"])), float(f["seconds"])
+        if "sa" not in f:
+            return [], settings, seconds
+        done = list(zip(f["sa"], f["ra"], f["clean_last"], f["robust_last"]))
+    return done, settings, seconds
 
 
 def _batches(episodes, size):
