@@ -128,7 +128,7 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         if logged[0] is None or count - logged[0] >= 200 or now - logged[1] >= 60 or count == num_tasks:
             logged[:] = [count, now]
             rate = (count - resumed_at) / (now - start)
-            logging.info("evaluated %d/%d tasks (%.1f tasks/s)", count, num_tasks, rate)
+            logging.info("evaluated %d/%d tasks (%.2f tasks/s)", count, num_tasks, rate)
         if now - saved[1] >= save_every_seconds and count < num_tasks:
             save()
 
