@@ -104,11 +104,15 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
         surrogate=surrogate, surrogate_finetune=surrogate_finetune, tasks_per_call=tasks_per_call,
     )
+    # What produced the numbers: in the results, and (with what only a resume needs) in the partial file.
+    fields = {
+        "checkpoint_step": step, "split": split, "eval_seed": seed, "dataset": config.data.dataset,
+        "ways": config.data.ways, "shots": config.data.shots, "queries": config.data.queries,
+        "inner_steps_test": steps, "inner_lr": config.meta.inner_lr, "finetune_test": config.meta.finetune_test,
+        "bn_mode": bn_mode,
+    }
     settings = {
-        "checkpoint": os.path.realpath(path), "checkpoint_step": step, "split": split, "eval_seed": seed,
-        "dataset": config.data.dataset, "ways": config.data.ways, "shots": config.data.shots,
-        "queries": config.data.queries, "inner_steps_test": steps, "inner_lr": config.meta.inner_lr,
-        "finetune_test": config.meta.finetune_test, "bn_mode": bn_mode, "attack_at": attack_at,
+        **fields, "checkpoint": os.path.realpath(path), "attack_at": attack_at,
         "attacks": [{"role": n, **a.describe()} for n, a in zip(names, attacks)],
         "surrogate": os.path.realpath(surrogate_dir) if surrogate is not None else None,
     }
@@ -141,12 +145,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
             logging.warning("Evaluation stopped after %d/%d tasks; they are saved in %s and the same command "
                             "resumes from there.", len(done), num_tasks, partial_path)
         raise
-    results.update(
-        checkpoint_step=step, checkpoint=path, split=split, eval_seed=seed, dataset=config.data.dataset,
-        ways=config.data.ways, shots=config.data.shots, queries=config.data.queries, inner_steps_test=steps,
-        inner_lr=config.meta.inner_lr, finetune_test=config.meta.finetune_test, bn_mode=bn_mode,
-        seconds=seconds_before + time.perf_counter() - start, resumed_at_task=resumed_at,
-    )
+    results.update(fields, checkpoint=path, seconds=seconds_before + time.perf_counter() - start,
+                   resumed_at_task=resumed_at)
     if attacks:
         by_name = dict(zip(names, results.pop("attacks")))
         results["ra_vs_eps"] = sorted(

@@ -9,8 +9,6 @@ stopped would have seen.
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 
 import keras
@@ -28,6 +26,7 @@ from tf_rmaml.meta.contrastive import ContrastiveTask, build_head
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
 from tf_rmaml.models.backbones import build_backbone
+from tf_rmaml.signals import StopSignals
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -129,7 +128,7 @@ def write_hparams(config, train_dir):
         hp.hparams(flat_config(config), trial_id=os.path.basename(os.path.normpath(train_dir)))
 
 
-class _StopRequest:
+class _StopRequest(StopSignals):
     """SIGINT or SIGTERM during training: finish the meta-iteration, save it, then stop.
 
     One meta-iteration moves the weights, the optimizer, the step and the augmenter's random state
@@ -139,26 +138,12 @@ class _StopRequest:
     thread signals cannot be caught here, and nothing is installed.
     """
 
-    def __init__(self):
-        self.signal, self._previous = None, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
+    def handle(self, name):
         if self.signal is not None:
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.signal = name
         logging.warning("%s: stopping after this meta-iteration, with a checkpoint (send it again to stop at once, "
                         "without saving).", self.signal)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def validate(evaluator, source, num_tasks):

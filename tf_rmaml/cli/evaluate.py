@@ -19,6 +19,7 @@ from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.backbones import FINETUNE_MODES
 from tf_rmaml.plots import plot_evaluation
+from tf_rmaml.signals import StopSignals
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory of a run made by rmaml-train.")
@@ -141,26 +142,13 @@ def main(argv):
     _report(results, attack, out)
 
 
-class _SignalsInterrupt:
+class _SignalsInterrupt(StopSignals):
     """SIGTERM (and SIGINT) during the evaluation raise KeyboardInterrupt, so that the tasks
     done are saved before the process ends; `signal` is the name of the one received."""
 
-    def __init__(self):
-        self.signal, self._previous = None, {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
+    def handle(self, name):
+        self.signal = name
         raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 def _report(results, attack, out):

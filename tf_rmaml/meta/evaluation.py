@@ -184,10 +184,7 @@ class FineTuneEvaluator:
         """The results dict of `evaluate` from per-task outcomes."""
         if not done:
             raise ValueError("No tasks to evaluate.")
-        sa = np.stack([d[0] for d in done])  # [tasks, steps + 1]
-        ra = np.stack([d[1] for d in done])  # [tasks, attacks, steps + 1]
-        clean_last = np.asarray([d[2] for d in done])
-        robust_last = np.stack([d[3] for d in done])  # [tasks, attacks]
+        sa, ra, clean_last, robust_last = _stack_outcomes(done).values()
         stats = [mean_ci95(sa[:, k]) for k in range(sa.shape[1])]
         out = {
             "sa": stats[-1][0],
@@ -228,8 +225,7 @@ def save_outcomes(path, done, settings, seconds):
     with `settings` (a JSON-ready dict: what produced them) and the `seconds` spent so far."""
     arrays = {"settings": np.asarray(json.dumps(settings, sort_keys=True)), "seconds": np.asarray(float(seconds))}
     if done:
-        arrays.update(sa=np.stack([d[0] for d in done]), ra=np.stack([d[1] for d in done]),
-                      clean_last=np.asarray([d[2] for d in done]), robust_last=np.stack([d[3] for d in done]))
+        arrays.update(_stack_outcomes(done))
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -242,8 +238,18 @@ def load_outcomes(path):
         settings, seconds = json.loads(str(f["settings"])), float(f["seconds"])
         if "sa" not in f:
             return [], settings, seconds
-        done = list(zip(f["sa"], f["ra"], f["clean_last"], f["robust_last"]))
+        done = list(zip(*(f[k] for k in _OUTCOME_KEYS)))
     return done, settings, seconds
+
+
+_OUTCOME_KEYS = ("sa", "ra", "clean_last", "robust_last")
+
+
+def _stack_outcomes(done):
+    """Per-task outcomes as four arrays, in `_OUTCOME_KEYS` order: SA [tasks, steps + 1],
+    RA [tasks, attacks, steps + 1], clean-correct [tasks] and robust [tasks, attacks] query
+    counts at the last step. `load_outcomes` is its inverse."""
+    return dict(zip(_OUTCOME_KEYS, (np.stack([d[k] for d in done]) for k in range(len(_OUTCOME_KEYS)))))
 
 
 def _batches(episodes, size):
