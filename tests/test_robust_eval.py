@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_rmaml.attacks.checks import check_attacks, run_checks
+from tf_rmaml.attacks.checks import check_attacks, failed_checks_summary, run_checks
 from tf_rmaml.attacks.evaluation import AttackConfig
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
@@ -89,6 +89,23 @@ def test_checks_compare_the_same_tasks_pairwise():
     wobble = np.clip(main + rng.choice([-1, 0, 0, 1], main.size) / 75, 0, 1)
     checks, suspected = run_checks(0.9, main, 0.04, {"stronger": np.minimum(wobble, main + 1 / 75)}, [(0.08, main - 0.1)])
     assert checks["attack_converged"]["passed"] is True
+
+
+def test_failed_checks_summary_names_failures_and_the_tighter_ra():
+    main = _per_task(0.3)
+    stronger = AttackConfig("pgd", eps=8 / 255, steps=20, step_size=2 / 255, restarts=2)
+    checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9), "stronger": main - 0.05}, [(0.08, main - 0.1)])
+    results = {"checks": checks, "check_attacks": {"stronger": {**stronger.describe(), "ra": 0.2512}}}
+    text = failed_checks_summary(results)
+    assert text.startswith("CHECKS FAILED: attack_converged;"), text
+    assert "PGD-20 x 2 restarts" in text and "gives RA 25.12%" in text and "--attack=strong" in text
+    # Another failure is named without the stronger attack's RA; nothing failed (or not run): no text.
+    checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.8)}, [])
+    assert failed_checks_summary({"checks": checks}).startswith("CHECKS FAILED: ra_at_eps0_equals_sa;")
+    assert "gives RA" not in failed_checks_summary({"checks": checks})
+    checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9)}, [])
+    assert checks["ra_does_not_rise_with_eps"]["passed"] is None
+    assert failed_checks_summary({"checks": checks}) == "" and failed_checks_summary({}) == ""
 
 
 def test_a_check_that_cannot_run_is_not_a_pass():

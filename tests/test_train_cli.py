@@ -48,10 +48,13 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
     assert len(result["sa_per_step"]) == 3 + 1 and "ra" not in result
     # The paper's protocol (PGD after clean fine-tuning), with the masking checks.
     out_ra = str(tmp_path / "eval_ra.json")
-    _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=4", f"--output_json={out_ra}", "--attack_at=last",
-         "--eps_255=10", "--attack_steps=3", "--eps_list=0.02")
+    proc = _cli("evaluate", f"--train_dir={train_dir}", "--num_tasks=4", f"--output_json={out_ra}", "--attack_at=last",
+                "--eps_255=10", "--attack_steps=3", "--eps_list=0.02")
     with open(out_ra) as f:
         robust = json.load(f)
+    # The RA log line names the failed checks, and only when one failed.
+    failed = [name for name, check in robust["checks"].items() if check["passed"] is False]
+    assert ("CHECKS FAILED: " + ", ".join(failed) in proc.stderr) == bool(failed), proc.stderr[-2000:]
     assert robust["ra"] <= robust["sa"] and robust["attack"]["eps_255"] == pytest.approx(10.0)
     assert robust["checks"]["ra_at_eps0_equals_sa"]["passed"]
     # No trained surrogate given: the transfer check says it did not run, and is no pass.

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from tf_rmaml.attacks.evaluation import AttackConfig
+from tf_rmaml.attacks.summary import attack_summary
 from tf_rmaml.meta.evaluation import mean_ci95
 
 
@@ -107,3 +108,20 @@ def run_checks(sa, main, main_eps, checks_ra, curve, skipped=None):
         checks.setdefault(name, {"passed": None, "detail": f"not run: {why}"})
     suspected = any(c["passed"] is False for c in checks.values())
     return checks, suspected
+
+
+def failed_checks_summary(results):
+    """One line on the failed checks of evaluation `results`, or "" when none failed.
+
+    Names every failed check; when the attack had not converged, also the lower RA of the stronger
+    attack that showed it, which is the tighter (still upper) bound to report.
+    """
+    failed = [name for name, check in results.get("checks", {}).items() if check["passed"] is False]
+    if not failed:
+        return ""
+    text = "CHECKS FAILED: " + ", ".join(failed)
+    stronger = results.get("check_attacks", {}).get("stronger")
+    if "attack_converged" in failed and stronger is not None:
+        text += (f"; {attack_summary(stronger, with_eps=False)} gives RA {100 * stronger['ra']:.2f}%: "
+                 "report that or --attack=strong")
+    return text + "; see the checks in the JSON"

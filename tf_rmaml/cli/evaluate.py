@@ -13,6 +13,7 @@ import signal
 
 from absl import app, flags, logging
 
+from tf_rmaml.attacks.checks import failed_checks_summary
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
 from tf_rmaml.attacks.summary import EVAL_EPS_255, attack_summary
 from tf_rmaml.cli import common
@@ -177,11 +178,12 @@ def _report(results, attack, out):
     if png:
         logging.info("Plot: %s", png)
     if "ra" in results:
+        failed = failed_checks_summary(results)
         logging.info(
             "RA %.2f%% +- %.2f%% under %s, bn_mode=%s%s",
             100 * results["ra"], 100 * results["ra_ci95"], attack_summary(results["attack"], results["num_tasks"]),
             results["bn_mode"],
-            "  [MASKING SUSPECTED: see checks]" if results.get("masking_suspected") else "",
+            f"  [{failed}]" if failed else "",
         )
 
 
