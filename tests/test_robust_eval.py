@@ -1,10 +1,12 @@
 """Robust evaluation: RA counted per example over all runs, checks, flag validation."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_rmaml.attacks.checks import check_attacks, failed_checks_summary, run_checks
+from tf_rmaml.attacks.checks import check_attacks, checks_status, lowest_ra_of_checks, run_checks
 from tf_rmaml.attacks.evaluation import AttackConfig
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
@@ -91,21 +93,63 @@ def test_checks_compare_the_same_tasks_pairwise():
     assert checks["attack_converged"]["passed"] is True
 
 
-def test_failed_checks_summary_names_failures_and_the_tighter_ra():
+def test_lowest_ra_of_checks_is_the_per_task_minimum():
+    main = np.array([0.5, 0.4, 0.3])
+    stronger, noise = np.array([0.4, 0.4, 0.3]), np.array([0.5, 0.2, 0.3])
+    mean, ci, roles = lowest_ra_of_checks(main, {"eps0": np.ones(3), "stronger": stronger, "noise": noise})
+    assert roles == ["stronger", "noise"] and mean == pytest.approx(0.3) and ci > 0
+    assert mean < min(stronger.mean(), noise.mean())  # tighter than either attack alone
+    assert lowest_ra_of_checks(main, {"eps0": np.ones(3)}) is None
+
+
+def test_checks_status_names_failures_the_tighter_ra_and_what_did_not_run():
     main = _per_task(0.3)
-    stronger = AttackConfig("pgd", eps=8 / 255, steps=20, step_size=2 / 255, restarts=2)
-    checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9), "stronger": main - 0.05}, [(0.08, main - 0.1)])
-    results = {"checks": checks, "check_attacks": {"stronger": {**stronger.describe(), "ra": 0.2512}}}
-    text = failed_checks_summary(results)
-    assert text.startswith("CHECKS FAILED: attack_converged;"), text
-    assert "PGD-20 x 2 restarts" in text and "gives RA 25.12%" in text and "--attack=strong" in text
-    # Another failure is named without the stronger attack's RA; nothing failed (or not run): no text.
+    checks_ra = {"eps0": np.full(60, 0.9), "noise": main + 0.4, "stronger": main - 0.05}
+    checks, _ = run_checks(0.9, main, 0.04, checks_ra, [(0.08, main - 0.1)],
+                           {"transfer_does_not_beat_white_box": "no trained surrogate"})
+    mean, ci, roles = lowest_ra_of_checks(main, checks_ra)
+    results = {"checks": checks, "ra_lowest_of_checks": {"ra": mean, "ra_ci95": ci, "roles": roles}}
+    text = checks_status(results)
+    assert text.startswith("CHECKS FAILED: attack_converged; the lowest RA per task over the main attack and "
+                           "stronger, noise is "), text
+    assert f"{100 * mean:.2f}% +- {100 * ci:.2f}%" in text and "--attack=strong" in text
+    assert text.endswith("checks: 4 passed; 1 not run (transfer_does_not_beat_white_box)"), text
+    assert mean == pytest.approx((main - 0.05).mean())
+    # A failure that no attack's RA bounds (RA at eps 0 below SA) gives no number to report.
     checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.8)}, [])
-    assert failed_checks_summary({"checks": checks}).startswith("CHECKS FAILED: ra_at_eps0_equals_sa;")
-    assert "gives RA" not in failed_checks_summary({"checks": checks})
+    text = checks_status({"checks": checks, "ra_lowest_of_checks": results["ra_lowest_of_checks"]})
+    assert text.startswith("CHECKS FAILED: ra_at_eps0_equals_sa; checks: 0 passed; 1 not run"), text
+    # Nothing failed: the count and what did not run; no checks at all: said so.
     checks, _ = run_checks(0.9, main, 0.04, {"eps0": np.full(60, 0.9)}, [])
-    assert checks["ra_does_not_rise_with_eps"]["passed"] is None
-    assert failed_checks_summary({"checks": checks}) == "" and failed_checks_summary({}) == ""
+    assert checks_status({"checks": checks}) == "checks: 1 passed; 1 not run (ra_does_not_rise_with_eps)"
+    assert checks_status({}) == "checks off"
+
+
+@pytest.mark.parametrize("attacks", [2, 0])
+def test_saved_outcomes_round_trip_exactly_and_a_resume_refuses_other_settings(tmp_path, attacks):
+    from tf_rmaml.evaluate import _resume
+    from tf_rmaml.meta.evaluation import load_outcomes, save_outcomes
+
+    rng = np.random.default_rng(1)
+    done = [(rng.uniform(size=4), rng.uniform(size=(attacks, 4)), np.int64(rng.integers(10)),
+             rng.integers(10, size=attacks)) for _ in range(3)]
+    path = str(tmp_path / "partial.npz")
+    settings = {"checkpoint": "/runs/a/ckpt-5", "jit_compile": False, "device": "CPU", "eps": (8 / 255,),
+                "attacks": [{"role": "main", "attack": "pgd", "eps_255": 8.0, "steps": 10, "restarts": 1}]}
+    save_outcomes(path, done, settings, 12.5)
+    back, saved, seconds = load_outcomes(path)
+    assert saved == json.loads(json.dumps(settings)) and seconds == 12.5 and len(back) == len(done)
+    for before, after in zip(done, back):
+        for x, y in zip(before, after):
+            np.testing.assert_array_equal(x, y)
+            assert np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
+    resumed, seconds = _resume(path, settings, 2)
+    assert len(resumed) == 2 and seconds == 12.5
+    np.testing.assert_array_equal(resumed[1][1], done[1][1])
+    with pytest.raises(ConfigError, match="jit_compile: saved False, now True"):
+        _resume(path, {**settings, "jit_compile": True}, 3)
+    with pytest.raises(ConfigError, match="main: pgd eps 8/255 20 steps"):
+        _resume(path, {**settings, "attacks": [{**settings["attacks"][0], "steps": 20}]}, 3)
 
 
 def test_a_check_that_cannot_run_is_not_a_pass():

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tf_rmaml.signals import StopSignals
+from tf_rmaml.signals import Interrupted, StopSignals
 
 
 class _Record(StopSignals):
@@ -50,3 +50,24 @@ def test_outside_the_main_thread_nothing_is_installed():
     thread.start()
     thread.join()
     assert seen["handler"] is before
+
+
+def test_interrupted_carries_the_shell_exit_code_and_the_mask_is_left_open():
+    stop = Interrupted("SIGTERM")
+    assert isinstance(stop, KeyboardInterrupt) and stop.signal == "SIGTERM" and stop.exit_code == 143
+    assert Interrupted("SIGINT").exit_code == 130
+    with _Record():
+        pass
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signal.SIGTERM not in blocked and signal.SIGINT not in blocked
+
+
+def test_training_stops_after_the_iteration_on_one_signal_and_at_once_on_a_second():
+    from tf_rmaml.train import _StopRequest
+
+    with pytest.raises(Interrupted) as raised:
+        with _StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signal == "SIGTERM"  # recorded; the loop finishes and saves the iteration
+            os.kill(os.getpid(), signal.SIGINT)
+    assert raised.value.signal == "SIGINT" and raised.value.exit_code == 130

@@ -52,9 +52,12 @@ def test_smoke_train_then_eval(smoke_run, tmp_path):
                 "--eps_255=10", "--attack_steps=3", "--eps_list=0.02")
     with open(out_ra) as f:
         robust = json.load(f)
-    # The RA log line names the failed checks, and only when one failed.
+    # The RA log line says how the checks went, failures first (and only if any).
     failed = [name for name, check in robust["checks"].items() if check["passed"] is False]
     assert ("CHECKS FAILED: " + ", ".join(failed) in proc.stderr) == bool(failed), proc.stderr[-2000:]
+    assert "not run (transfer_does_not_beat_white_box)]" in proc.stderr, proc.stderr[-2000:]
+    lowest = robust["ra_lowest_of_checks"]
+    assert lowest["roles"] == ["stronger", "noise"] and lowest["ra"] <= robust["ra"]
     assert robust["ra"] <= robust["sa"] and robust["attack"]["eps_255"] == pytest.approx(10.0)
     assert robust["checks"]["ra_at_eps0_equals_sa"]["passed"]
     # No trained surrogate given: the transfer check says it did not run, and is no pass.

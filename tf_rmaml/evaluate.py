@@ -8,7 +8,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from tf_rmaml.attacks.checks import check_attacks, run_checks
+from tf_rmaml.attacks.checks import check_attacks, lowest_ra_of_checks, run_checks
 from tf_rmaml.attacks.evaluation import perturb
 from tf_rmaml.config import TrainConfig
 from tf_rmaml.errors import ConfigError
@@ -96,9 +96,9 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         if support_attack is not None:
             attacks.append(support_attack)
             names.append("support")
-    surrogate, surrogate_finetune = None, None
+    surrogate, surrogate_finetune, surrogate_path = None, None, None
     if any(a.target == "transfer" for a in attacks):
-        surrogate, surrogate_finetune = _surrogate(surrogate_dir, train_dir, config, source.image_shape)
+        surrogate, surrogate_finetune, surrogate_path = _surrogate(surrogate_dir, train_dir, config, source.image_shape)
     evaluator = FineTuneEvaluator(
         model, steps=steps, lr=config.meta.inner_lr, mask=finetune_mask(model, config.meta.finetune_test),
         attacks=attacks, attack_at=attack_at, bn_mode=bn_mode, seed=seed, jit_compile=jit_compile,
@@ -109,12 +109,13 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         "checkpoint_step": step, "split": split, "eval_seed": seed, "dataset": config.data.dataset,
         "ways": config.data.ways, "shots": config.data.shots, "queries": config.data.queries,
         "inner_steps_test": steps, "inner_lr": config.meta.inner_lr, "finetune_test": config.meta.finetune_test,
-        "bn_mode": bn_mode,
+        "bn_mode": bn_mode, "surrogate": surrogate_path,
     }
+    # XLA and the device change the rounding, so a resume on other ones would mix two evaluations.
     settings = {
         **fields, "checkpoint": os.path.realpath(path), "attack_at": attack_at,
         "attacks": [{"role": n, **a.describe()} for n, a in zip(names, attacks)],
-        "surrogate": os.path.realpath(surrogate_dir) if surrogate is not None else None,
+        "jit_compile": bool(jit_compile), "device": "GPU" if tf.config.list_logical_devices("GPU") else "CPU",
     }
     done, seconds_before = _resume(partial_path, settings, num_tasks)
     resumed_at = len(done)
@@ -138,6 +139,9 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
 
     try:
         results = evaluator.evaluate(source.dataset(resumed_at, num_tasks), progress=progress, done=done)
+        # Every task done is on disk before anything else can fail or be interrupted; the caller
+        # deletes the file once the results are stored.
+        save()
     except BaseException:
         # Killed by a signal turned into an exception, or failed: what was done is kept.
         save()
@@ -167,6 +171,9 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
             results["checks"], results["masking_suspected"] = run_checks(
                 results["sa"], results["ra_per_task"], attack.eps, checks_ra, curve, skipped)
             results["check_attacks"] = {n: _without_per_task(by_name[n]) for n in measured}
+            lowest = lowest_ra_of_checks(results["ra_per_task"], checks_ra)
+            if lowest is not None:
+                results["ra_lowest_of_checks"] = dict(zip(("ra", "ra_ci95", "roles"), lowest))
             for name, check in results["checks"].items():
                 if check["passed"] is False:
                     logging.warning("Robustness check failed (%s): %s. Gradient masking or a weak attack "
@@ -205,7 +212,8 @@ def _without_per_task(entry):
 
 
 def _surrogate(surrogate_dir, train_dir, config, image_shape):
-    """The trained surrogate of the transfer check and its `(steps, lr, mask)` of fine-tuning."""
+    """The trained surrogate of the transfer check, its `(steps, lr, mask)` of fine-tuning and the
+    path of the checkpoint restored (its latest: a run still training moves it)."""
     if surrogate_dir is None:
         raise ConfigError("A transfer attack needs a trained surrogate: pass --surrogate_dir=<another run>.")
     if os.path.realpath(surrogate_dir) == os.path.realpath(train_dir):
@@ -216,8 +224,9 @@ def _surrogate(surrogate_dir, train_dir, config, image_shape):
         raise ConfigError(
             f"--surrogate_dir={surrogate_dir} was trained on {other.data.dataset} {other.data.ways}-way, the evaluated "
             f"run on {config.data.dataset} {config.data.ways}-way: the surrogate must see the same images and classes.")
-    model, other, _, _ = restore_model(surrogate_dir, input_shape=image_shape)
-    return model, (other.meta.inner_steps_test, other.meta.inner_lr, finetune_mask(model, other.meta.finetune_test))
+    model, other, _, path = restore_model(surrogate_dir, input_shape=image_shape)
+    steps_lr_mask = (other.meta.inner_steps_test, other.meta.inner_lr, finetune_mask(model, other.meta.finetune_test))
+    return model, steps_lr_mask, os.path.realpath(path)
 
 
 def _with_finetune_test(config, finetune_test):

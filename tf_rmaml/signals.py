@@ -3,13 +3,26 @@
 import signal
 import threading
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by a handler to stop at once; `signal` is the name of the signal ("SIGTERM") and
+    `exit_code` the shell's code of a process it ended (128 + its number)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.signal = name
+        self.exit_code = 128 + getattr(signal, name)
+
 
 class StopSignals:
     """A context manager that routes SIGINT and SIGTERM to `handle(name)` inside its block and
-    restores the previous handlers after it; `signal` is the name of the last one received.
+    restores the previous handlers after it.
 
     Signals can only be caught from the main thread: elsewhere nothing is installed (and the
-    default handlers stay). Subclasses decide what a signal does in `handle`.
+    default handlers stay). Subclasses decide what a signal does in `handle` (and may record it
+    in `signal`, None until then); raising `Interrupted(name)` there ends the block.
     """
 
     def __init__(self):
@@ -17,7 +30,7 @@ class StopSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in _SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -28,7 +41,17 @@ class StopSignals:
         raise NotImplementedError
 
     def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        # Blocked while the handlers are swapped back, a signal arriving now waits and then goes to
+        # the previous handler, instead of to `handle` with one handler restored and one not.
+        block = hasattr(signal, "pthread_sigmask") and bool(self._previous)
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            for sig, handler in self._previous.items():
+                # None: a handler installed from C, which Python cannot reinstall; the default instead.
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+            self._previous = {}
+        finally:
+            if block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         return False

@@ -26,7 +26,7 @@ from tf_rmaml.meta.contrastive import ContrastiveTask, build_head
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
 from tf_rmaml.models.backbones import build_backbone
-from tf_rmaml.signals import StopSignals
+from tf_rmaml.signals import Interrupted, StopSignals
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -134,13 +134,13 @@ class _StopRequest(StopSignals):
     One meta-iteration moves the weights, the optimizer, the step and the augmenter's random state
     together; an exception raised between two of those (where Python delivers a KeyboardInterrupt)
     would save them out of step, and the resumed run would not be the run never stopped. A second
-    signal stops at once without saving; the last complete checkpoint stays. Outside the main
-    thread signals cannot be caught here, and nothing is installed.
+    signal stops at once without saving (`Interrupted`); the last complete checkpoint stays.
+    Outside the main thread signals cannot be caught here, and nothing is installed.
     """
 
     def handle(self, name):
         if self.signal is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(name)
         self.signal = name
         logging.warning("%s: stopping after this meta-iteration, with a checkpoint (send it again to stop at once, "
                         "without saving).", self.signal)

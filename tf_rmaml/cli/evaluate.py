@@ -9,18 +9,17 @@ steps of the run's config unless overridden) and scores the query set.
 import dataclasses
 import json
 import os
-import signal
 
 from absl import app, flags, logging
 
-from tf_rmaml.attacks.checks import failed_checks_summary
+from tf_rmaml.attacks.checks import checks_status
 from tf_rmaml.attacks.evaluation import ATTACKS, AttackConfig
 from tf_rmaml.attacks.summary import EVAL_EPS_255, attack_summary
 from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.backbones import FINETUNE_MODES
 from tf_rmaml.plots import plot_evaluation
-from tf_rmaml.signals import StopSignals
+from tf_rmaml.signals import Interrupted, StopSignals
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory of a run made by rmaml-train.")
@@ -119,7 +118,7 @@ def main(argv):
     if not FLAGS.resume and os.path.exists(partial):
         logging.info("--noresume: starting over; removing %s.", partial)
         os.remove(partial)
-    with _SignalsInterrupt() as stop:
+    with _SignalsInterrupt():
         try:
             results = evaluate_run(
                 FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
@@ -129,11 +128,9 @@ def main(argv):
                 bn_mode=FLAGS.bn_mode, checks=FLAGS.checks, tasks_per_call=FLAGS.tasks_per_call,
                 finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir, partial_path=partial,
             )
-        except KeyboardInterrupt:
-            if stop.signal is None:
-                raise
+        except Interrupted as stop:
             # The shell's convention for a process ended by a signal: 128 + its number.
-            raise SystemExit(128 + getattr(signal, stop.signal))
+            raise SystemExit(stop.exit_code) from None
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
@@ -144,12 +141,12 @@ def main(argv):
 
 
 class _SignalsInterrupt(StopSignals):
-    """SIGTERM (and SIGINT) during the evaluation raise KeyboardInterrupt, so that the tasks
-    done are saved before the process ends; `signal` is the name of the one received."""
+    """SIGTERM (and SIGINT) during the evaluation raise `Interrupted` (a KeyboardInterrupt), so
+    that the tasks done are saved before the process ends."""
 
     def handle(self, name):
         self.signal = name
-        raise KeyboardInterrupt
+        raise Interrupted(name)
 
 
 def _report(results, attack, out):
@@ -178,12 +175,11 @@ def _report(results, attack, out):
     if png:
         logging.info("Plot: %s", png)
     if "ra" in results:
-        failed = failed_checks_summary(results)
         logging.info(
             "RA %.2f%% +- %.2f%% under %s, bn_mode=%s%s",
             100 * results["ra"], 100 * results["ra_ci95"], attack_summary(results["attack"], results["num_tasks"]),
             results["bn_mode"],
-            f"  [{failed}]" if failed else "",
+            f"  [{checks_status(results)}]",
         )
 
 

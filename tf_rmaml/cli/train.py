@@ -11,6 +11,7 @@ import signal
 from absl import app, flags, logging
 
 from tf_rmaml.cli import common
+from tf_rmaml.signals import Interrupted
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -30,7 +31,10 @@ def main(argv):
     config = common.train_config_from_flags()
     os.makedirs(FLAGS.train_dir, exist_ok=True)
     FLAGS.append_flags_into_file(os.path.join(FLAGS.train_dir, "flags.txt"))
-    results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
+    try:
+        results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
+    except Interrupted as stop:  # a second signal: stopped at once, the last checkpoint kept
+        raise SystemExit(stop.exit_code) from None
     if "stopped_by" in results:
         # The shell's convention for a process ended by a signal: 128 + its number.
         raise SystemExit(128 + getattr(signal, results["stopped_by"]))
