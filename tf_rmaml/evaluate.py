@@ -40,7 +40,7 @@ def restore_model(train_dir, checkpoint=None, config=None, input_shape=None):
 def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", inner_steps_test=None,
                  eval_seed=None, queries=None, data_dir=None, cache_dir=None, jit_compile=False, attack=None,
                  eps_list=(), support_attack=None, attack_at="all", bn_mode="batch", checks=True, tasks_per_call=8,
-                 finetune_test=None, surrogate_dir=None, partial_path=None, save_every_seconds=30.0):
+                 finetune_test=None, surrogate_dir=None, partial_path=None, save_every_seconds=30.0, stop=None):
     """Standard (SA) and robust (RA) accuracy of a run on `num_tasks` fixed episodes of `split`.
 
     Args:
@@ -59,6 +59,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
         when an exception or interrupt stops the evaluation); if the file exists, the evaluation
         resumes after its tasks, provided it came from the same model and settings (else a
         ConfigError). The caller deletes it once the results are stored.
+      stop: a `tf_rmaml.signals.StopRequest` (or anything with its `raise_if_requested`), checked
+        after every compiled call: a requested stop saves the tasks done and raises `Interrupted`.
 
     Returns a JSON-ready dict with `sa`, `sa_ci95`, `num_tasks`, `checkpoint_step`,
     per-step accuracies, the evaluation settings and, with an attack, `ra`, `ra_ci95`,
@@ -136,6 +138,8 @@ def evaluate_run(train_dir, *, checkpoint=None, num_tasks=1000, split="test", in
             logging.info("evaluated %d/%d tasks (%.2f tasks/s)", count, num_tasks, rate)
         if now - saved[1] >= save_every_seconds and count < num_tasks:
             save()
+        if stop is not None:
+            stop.raise_if_requested()
 
     try:
         results = evaluator.evaluate(source.dataset(resumed_at, num_tasks), progress=progress, done=done)

@@ -1,14 +1,22 @@
-"""Catching SIGINT and SIGTERM for the length of a `with` block (no TensorFlow import)."""
+"""Stopping cleanly on SIGINT or SIGTERM inside a `with` block (no TensorFlow import).
+
+The handler only records the request; the loop checks it at a point where stopping is safe and
+raises there. Raising from the handler itself is not safe: Python runs it at whatever bytecode
+the main thread is at, and an exception raised while that is a `__del__` or a garbage-collection
+callback (TensorFlow has many) is printed and dropped, so the stop would be lost.
+"""
 
 import signal
 import threading
+
+from absl import logging
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised by a handler to stop at once; `signal` is the name of the signal ("SIGTERM") and
-    `exit_code` the shell's code of a process it ended (128 + its number)."""
+    """A stop requested by a signal; `signal` is its name ("SIGTERM") and `exit_code` the shell's
+    code of a process it ended (128 + its number)."""
 
     def __init__(self, name):
         super().__init__(name)
@@ -16,17 +24,22 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + getattr(signal, name)
 
 
-class StopSignals:
-    """A context manager that routes SIGINT and SIGTERM to `handle(name)` inside its block and
-    restores the previous handlers after it.
+class StopRequest:
+    """A context manager that catches SIGINT and SIGTERM inside its block and restores the
+    previous handlers after it.
 
-    Signals can only be caught from the main thread: elsewhere nothing is installed (and the
-    default handlers stay). Subclasses decide what a signal does in `handle` (and may record it
-    in `signal`, None until then); raising `Interrupted(name)` there ends the block.
+    The first signal sets `signal` (its name; None until then) and logs `notice % name`; the loop
+    checks `signal` (or calls `raise_if_requested()`) where it can stop safely. A second signal
+    raises `Interrupted` at once. Signals can only be caught from the main thread: elsewhere
+    nothing is installed and the default handlers stay.
     """
 
-    def __init__(self):
-        self.signal, self._previous = None, {}
+    def __init__(self, notice="%s: stopping at the next safe point (send it again to stop at once)."):
+        self.notice, self.signal, self._previous = notice, None, {}
+
+    def raise_if_requested(self):
+        if self.signal is not None:
+            raise Interrupted(self.signal)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -35,14 +48,15 @@ class StopSignals:
         return self
 
     def _on_signal(self, signum, frame):
-        self.handle(signal.Signals(signum).name)
-
-    def handle(self, name):
-        raise NotImplementedError
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            raise Interrupted(name)
+        self.signal = name
+        logging.warning(self.notice, name)
 
     def __exit__(self, *exc):
         # Blocked while the handlers are swapped back, a signal arriving now waits and then goes to
-        # the previous handler, instead of to `handle` with one handler restored and one not.
+        # the previous handler, instead of to this one with one handler restored and one not.
         block = hasattr(signal, "pthread_sigmask") and bool(self._previous)
         if block:
             signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)

@@ -26,7 +26,7 @@ from tf_rmaml.meta.contrastive import ContrastiveTask, build_head
 from tf_rmaml.meta.evaluation import FineTuneEvaluator
 from tf_rmaml.meta.learner import MetaLearner
 from tf_rmaml.models.backbones import build_backbone
-from tf_rmaml.signals import Interrupted, StopSignals
+from tf_rmaml.signals import StopRequest
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -128,24 +128,6 @@ def write_hparams(config, train_dir):
         hp.hparams(flat_config(config), trial_id=os.path.basename(os.path.normpath(train_dir)))
 
 
-class _StopRequest(StopSignals):
-    """SIGINT or SIGTERM during training: finish the meta-iteration, save it, then stop.
-
-    One meta-iteration moves the weights, the optimizer, the step and the augmenter's random state
-    together; an exception raised between two of those (where Python delivers a KeyboardInterrupt)
-    would save them out of step, and the resumed run would not be the run never stopped. A second
-    signal stops at once without saving (`Interrupted`); the last complete checkpoint stays.
-    Outside the main thread signals cannot be caught here, and nothing is installed.
-    """
-
-    def handle(self, name):
-        if self.signal is not None:
-            raise Interrupted(name)
-        self.signal = name
-        logging.warning("%s: stopping after this meta-iteration, with a checkpoint (send it again to stop at once, "
-                        "without saving).", self.signal)
-
-
 def validate(evaluator, source, num_tasks):
     """Meta-validation on the first `num_tasks` episodes of `source` (fixed for the run)."""
     return evaluator.evaluate(source.dataset(0, num_tasks))
@@ -230,7 +212,11 @@ def train(config, train_dir, *, strategy=None):
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
     step = start
-    with _StopRequest() as stop:
+    # One meta-iteration moves the weights, the optimizer, the step and the augmenter's random state
+    # together; stopping between two of those would save them out of step, so a signal stops the
+    # loop after the iteration, with a checkpoint (a second one stops at once, the last checkpoint kept).
+    with StopRequest("%s: stopping after this meta-iteration, with a checkpoint (send it again to stop at once, "
+                     "without saving).") as stop:
         for step in range(start + 1, config.max_steps + 1):
             grads, metrics, bn_state = learner.compute(next(batches))
             metrics = {k: float(v) for k, v in metrics.items()}

@@ -19,7 +19,7 @@ from tf_rmaml.cli import common
 from tf_rmaml.errors import ConfigError
 from tf_rmaml.models.backbones import FINETUNE_MODES
 from tf_rmaml.plots import plot_evaluation
-from tf_rmaml.signals import Interrupted, StopSignals
+from tf_rmaml.signals import Interrupted, StopRequest
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train_dir", None, "Directory of a run made by rmaml-train.")
@@ -118,7 +118,8 @@ def main(argv):
     if not FLAGS.resume and os.path.exists(partial):
         logging.info("--noresume: starting over; removing %s.", partial)
         os.remove(partial)
-    with _SignalsInterrupt():
+    with StopRequest("%s: stopping after the current call, saving the tasks done (send it again to stop at "
+                     "once).") as stop:
         try:
             results = evaluate_run(
                 FLAGS.train_dir, checkpoint=FLAGS.checkpoint, num_tasks=FLAGS.num_tasks, split=FLAGS.split,
@@ -127,6 +128,7 @@ def main(argv):
                 attack=attack, eps_list=eps_list, support_attack=support_attack, attack_at=FLAGS.attack_at,
                 bn_mode=FLAGS.bn_mode, checks=FLAGS.checks, tasks_per_call=FLAGS.tasks_per_call,
                 finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir, partial_path=partial,
+                stop=stop,
             )
         except Interrupted as stop:
             # The shell's convention for a process ended by a signal: 128 + its number.
@@ -138,15 +140,6 @@ def main(argv):
     if os.path.exists(partial):
         os.remove(partial)
     _report(results, attack, out)
-
-
-class _SignalsInterrupt(StopSignals):
-    """SIGTERM (and SIGINT) during the evaluation raise `Interrupted` (a KeyboardInterrupt), so
-    that the tasks done are saved before the process ends."""
-
-    def handle(self, name):
-        self.signal = name
-        raise Interrupted(name)
 
 
 def _report(results, attack, out):
