@@ -119,6 +119,12 @@ def table(runs_dir):
         for name, check in sorted(result.get("checks", {}).items()):
             verdict = {True: "passed", False: "**failed**", None: "not run"}[check["passed"]]
             lines.append(f"| {run} | {name} | {verdict} | {check['detail']} |")
+        lowest = result.get("ra_lowest_of_checks")
+        if lowest is not None:
+            # The tighter upper bound on RA the check attacks give (per task, the lowest RA).
+            lines.append(f"| {run} | lowest RA per task, main and check attacks | {_pct(lowest['ra'], lowest['ra_ci95'])} | "
+                         f"main RA {_pct(result['ra'], result['ra_ci95'])}; with {', '.join(lowest['roles'])}, "
+                         f"{result['num_tasks']} tasks |")
     return "\n".join(lines)
 
 

@@ -66,13 +66,17 @@ def test_table_reports_the_attack_with_every_ra(tmp_path):
     (run / "test_clean.json").write_text(json.dumps(clean))
     checks = {"checks": {"attack_converged": {"passed": False, "detail": "RA stronger - RA main: -0.52 +- 0.11"},
                          "transfer_does_not_beat_white_box": {"passed": None, "detail": "not run: no surrogate"},
-                         "noise_does_not_beat_the_attack": {"passed": True, "detail": "RA noise - RA attack: +24"}}}
+                         "noise_does_not_beat_the_attack": {"passed": True, "detail": "RA noise - RA attack: +24"}},
+              "ra": 0.1832, "ra_ci95": 0.0112, "num_tasks": 240,
+              "ra_lowest_of_checks": {"ra": 0.1776, "ra_ci95": 0.0110, "roles": ["stronger", "noise"]}}
     (run / "checks_pgd10_240.json").write_text(json.dumps(checks))
     table = comparison.table(str(tmp_path)).splitlines()
     assert table[4:] == ["", "| run | check | result | detail |", "|---|---|---|---|",
                          "| rmaml_out_at_fgsm | attack_converged | **failed** | RA stronger - RA main: -0.52 +- 0.11 |",
                          "| rmaml_out_at_fgsm | noise_does_not_beat_the_attack | passed | RA noise - RA attack: +24 |",
-                         "| rmaml_out_at_fgsm | transfer_does_not_beat_white_box | not run | not run: no surrogate |"]
+                         "| rmaml_out_at_fgsm | transfer_does_not_beat_white_box | not run | not run: no surrogate |",
+                         "| rmaml_out_at_fgsm | lowest RA per task, main and check attacks | 17.76 +- 1.10 | "
+                         "main RA 18.32 +- 1.12; with stronger, noise, 240 tasks |"]
     table = table[:4]
     assert table[3] == ("| rmaml_out_at_fgsm | all | 93.25 +- 0.24 | 82.02 +- 0.38 | 88.0 | PGD-10 (step 2/255, "
                         "1 restart), L-inf eps 10/255, 2400 tasks |")
