@@ -219,6 +219,9 @@ def test_eval_stopped_by_sigterm_resumes_to_the_uninterrupted_result(smoke_run, 
     proc = _cli("evaluate", *args, "--attack_steps=3", f"--output_json={out}", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert partial in proc.stderr and "--noresume" in proc.stderr and "2 steps" in proc.stderr, proc.stderr[-3000:]
+    # XLA changes the rounding: a resume with it switched is refused too, naming it.
+    proc = _cli("evaluate", *args, "--jit_compile", f"--output_json={out}", check=False)
+    assert proc.returncode != 0 and "jit_compile: saved False, now True" in proc.stderr, proc.stderr[-3000:]
 
     _cli("evaluate", *args, f"--output_json={out}")
     assert not os.path.exists(partial)

@@ -14,14 +14,19 @@ from absl import logging
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_code(name):
+    """The shell's exit code of a process ended by signal `name` ("SIGTERM"): 128 + its number."""
+    return 128 + getattr(signal, name)
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop requested by a signal; `signal` is its name ("SIGTERM") and `exit_code` the shell's
-    code of a process it ended (128 + its number)."""
+    code of a process it ended (`exit_code(name)`)."""
 
     def __init__(self, name):
         super().__init__(name)
         self.signal = name
-        self.exit_code = 128 + getattr(signal, name)
+        self.exit_code = exit_code(name)
 
 
 class StopRequest:

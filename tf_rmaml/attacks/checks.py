@@ -109,17 +109,17 @@ def run_checks(sa, main, main_eps, checks_ra, curve, skipped=None):
     return checks, suspected
 
 
-
-# The checks that a lower RA at the main radius fails: their attacks' RAs bound RA too.
-_BOUND_CHECKS = ("attack_converged", "noise_does_not_beat_the_attack", "transfer_does_not_beat_white_box")
+# The check attacks at the main radius, and the check that each fails by finding a lower RA: any of
+# them fooling a query proves it not robust, so their RAs bound RA too.
+_BOUND_CHECKS = {"stronger": "attack_converged", "noise": "noise_does_not_beat_the_attack",
+                 "transfer": "transfer_does_not_beat_white_box"}
 
 
 def lowest_ra_of_checks(main, checks_ra):
-    """Per task, the lowest RA of the main attack and of the check attacks at its radius
-    ("stronger", "noise", "transfer": any of them fooling a query proves it not robust), as
-    `(mean, ci95, roles)`; None when no such check attack ran. Its mean is a valid, tighter upper
-    bound on robust accuracy than any one of the attacks'."""
-    roles = [r for r in ("stronger", "noise", "transfer") if r in checks_ra]
+    """Per task, the lowest RA of the main attack and of the check attacks at its radius (the keys
+    of `_BOUND_CHECKS`), as `(mean, ci95, roles)`; None when no such check attack ran. Its mean is a
+    valid, tighter upper bound on robust accuracy than any one of the attacks'."""
+    roles = [r for r in _BOUND_CHECKS if r in checks_ra]
     if not roles:
         return None
     lowest = np.min(np.stack([np.asarray(main, np.float64)] + [np.asarray(checks_ra[r], np.float64) for r in roles]), 0)
@@ -141,7 +141,7 @@ def checks_status(results):
     if failed:
         text = "CHECKS FAILED: " + ", ".join(failed)
         lowest = results.get("ra_lowest_of_checks")
-        if lowest is not None and any(name in failed for name in _BOUND_CHECKS):
+        if lowest is not None and any(name in failed for name in _BOUND_CHECKS.values()):
             text += (f"; the lowest RA per task over the main attack and {', '.join(lowest['roles'])} is "
                      f"{100 * lowest['ra']:.2f}% +- {100 * lowest['ra_ci95']:.2f}%: report that or --attack=strong")
         parts.append(text)

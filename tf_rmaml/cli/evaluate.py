@@ -130,9 +130,8 @@ def main(argv):
                 finetune_test=FLAGS.finetune_test, surrogate_dir=FLAGS.surrogate_dir, partial_path=partial,
                 stop=stop,
             )
-        except Interrupted as stop:
-            # The shell's convention for a process ended by a signal: 128 + its number.
-            raise SystemExit(stop.exit_code) from None
+        except Interrupted as interrupted:
+            raise SystemExit(interrupted.exit_code) from None
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)

@@ -6,12 +6,11 @@ Running the same command again resumes from the latest checkpoint in --train_dir
 """
 
 import os
-import signal
 
 from absl import app, flags, logging
 
 from tf_rmaml.cli import common
-from tf_rmaml.signals import Interrupted
+from tf_rmaml.signals import Interrupted, exit_code
 
 FLAGS = flags.FLAGS
 common.define_train_flags()
@@ -33,11 +32,10 @@ def main(argv):
     FLAGS.append_flags_into_file(os.path.join(FLAGS.train_dir, "flags.txt"))
     try:
         results = train(config, FLAGS.train_dir, strategy=common.make_strategy(FLAGS.strategy))
-    except Interrupted as stop:  # a second signal: stopped at once, the last checkpoint kept
-        raise SystemExit(stop.exit_code) from None
+    except Interrupted as interrupted:  # a second signal: stopped at once, the last checkpoint kept
+        raise SystemExit(interrupted.exit_code) from None
     if "stopped_by" in results:
-        # The shell's convention for a process ended by a signal: 128 + its number.
-        raise SystemExit(128 + getattr(signal, results["stopped_by"]))
+        raise SystemExit(exit_code(results["stopped_by"]))
     if "val" in results:
         logging.info("Final meta-validation SA: %.2f%% +- %.2f%%", 100 * results["val"]["sa"], 100 * results["val"]["sa_ci95"])
 
